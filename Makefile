@@ -1,0 +1,42 @@
+# The README's two commands: `make run` (set up + full pipeline on Fashion-MNIST) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run setup dataset test test-fast repro clean-outputs mlflow-ui
+
+run: setup dataset  ## set up and run the whole pipeline (dvc repro) on the default dataset
+	time dvc repro
+
+repro:  ## rerun only what changed
+	dvc repro
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+dataset:  ## Fashion-MNIST from Debian (offline-capable); elsewhere set ingest.source/url in params.yaml
+	@if [ ! -d $(FASHION_MNIST) ]; then \
+	  if command -v apt-get >/dev/null; then \
+	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "no apt-get: set ingest.source or ingest.url in params.yaml to the Fashion-MNIST IDX files"; fi; \
+	fi
+
+test: setup dataset  ## the full test suite (unit, data, model, integration)
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: setup  ## everything but the integration tier
+	$(BIN)/python -m pytest -q -m "not integration"
+
+mlflow-ui:  ## browse runs and the model registry of the embedded store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --port 5000

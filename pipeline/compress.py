@@ -1,0 +1,110 @@
+"""Compress stage: magnitude pruning + fine-tune, then TFLite fp32 / fp16 / dynamic-range / full-int8."""
+
+from __future__ import annotations
+
+import gzip
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import io
+from pipeline.config import CompressConfig
+
+VARIANTS = ("fp32", "fp16", "dynamic", "int8")
+
+
+def prune(model, cfg: CompressConfig, x: np.ndarray, y: np.ndarray, num_classes: int, seed: int) -> dict:
+    """Prune `model` in place to cfg.target_sparsity while fine-tuning; return sparsity figures."""
+    import keras
+
+    from pipeline import pruning
+    from pipeline.train import make_batches
+
+    kernels = pruning.prunable_kernels(model)
+    if cfg.target_sparsity == 0 or cfg.fine_tune_epochs == 0:
+        return {"target_sparsity": 0.0, "achieved_sparsity": pruning.sparsity_of(kernels), "fine_tune_epochs": 0}
+    data = make_batches(keras, x, y, num_classes, 128, True, seed)
+    end_step = max(1, int(0.7 * cfg.fine_tune_epochs * len(data)))
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    callback = pruning.pruning_callback(keras, kernels, cfg.target_sparsity, end_step, cfg.pruning_frequency)
+    model.fit(data, epochs=cfg.fine_tune_epochs, callbacks=[callback], verbose=1 if sys.stdout.isatty() else 2)
+    return {"target_sparsity": cfg.target_sparsity, "achieved_sparsity": round(pruning.sparsity_of(kernels), 4),
+            "fine_tune_epochs": cfg.fine_tune_epochs, "pruned_kernels": len(kernels)}
+
+
+def convert(saved_model_dir: Path, variant: str, representative: np.ndarray | None = None) -> bytes:
+    """Convert an exported SavedModel to a .tflite flatbuffer of the given variant."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    if variant == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == "int8":
+        if representative is None:
+            raise ValueError("int8 conversion needs a representative dataset")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([sample[None].astype(np.float32)] for sample in representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    elif variant != "fp32":
+        raise ValueError(f"unknown TFLite variant {variant!r}; choose one of {VARIANTS}")
+    return converter.convert()
+
+
+def export_saved_model(model, path: Path) -> None:
+    """SavedModel with one inference endpoint called with training=False.
+
+    `model.export` leaves `training` unresolved, so BatchNorm and the augmentation layers export both
+    branches (unfoldable BN, random ops TFLite cannot run); an explicit endpoint exports only inference.
+    """
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serve", fn=lambda x: model(x, training=False),
+                         input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="image")])
+    archive.write_out(str(path), verbose=False)
+
+
+def size_info(path: Path) -> dict:
+    data = path.read_bytes()
+    return {"file": path.name, "bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9)),
+            "sha256": io.sha256_bytes(data)}
+
+
+def run(cfg: CompressConfig, seed: int, data_dir: Path, model_path: Path, out_dir: Path, metrics_path: Path) -> dict:
+    import keras
+
+    stats = io.read_json(Path(data_dir) / "stats.json")
+    x_train, y_train = io.read_split(data_dir, "train")
+    keras.utils.set_random_seed(seed)
+    model = keras.models.load_model(model_path)
+    pruning_info = prune(model, cfg, x_train, y_train, len(stats["class_names"]), seed)
+
+    rng = np.random.default_rng(seed)
+    representative = x_train[rng.choice(len(x_train), min(cfg.representative_samples, len(x_train)), replace=False)]
+    with io.atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory() as saved:
+        model.save(tmp / "pruned.keras")
+        export_saved_model(model, Path(saved))
+        for variant in VARIANTS:
+            (tmp / f"{variant}.tflite").write_bytes(convert(Path(saved), variant, representative))
+            print(f"converted {variant}", flush=True)
+        variants = {v: size_info(tmp / f"{v}.tflite") for v in VARIANTS}
+    fp32 = variants["fp32"]["bytes"]
+    metrics = {
+        "pruning": pruning_info,
+        "variants": variants,
+        "size_ratio_vs_fp32": {v: round(fp32 / info["bytes"], 3) for v, info in variants.items()},
+        "gzip_ratio_vs_fp32": {v: round(fp32 / info["gzip_bytes"], 3) for v, info in variants.items()},
+    }
+    io.write_json(metrics_path, metrics)
+    return metrics

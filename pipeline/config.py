@@ -1,0 +1,131 @@
+"""Typed, validated view of params.yaml (the single source of parameters)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestConfig(Section):
+    dataset: Literal["fashion-mnist", "cifar10", "image-folder"] = "fashion-mnist"
+    source: str = "/usr/share/datasets/fashion-mnist"
+    url: str | None = None
+    image_size: tuple[int, int] = (28, 28)
+    channels: Literal[1, 3] = 1
+    val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    stream_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    max_per_class: int | None = Field(None, ge=4)
+    shard_size: int = Field(20000, ge=100)
+    drop_cross_split_duplicates: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://", "file://")):
+            raise ValueError(f"must start with http://, https:// or file://, got {v!r}")
+        return v
+
+
+class ValidateConfig(Section):
+    pixel_mean_range: tuple[float, float] = (1.0, 254.0)
+    min_pixel_std: float = Field(1.0, ge=0.0)
+    mostly: float = Field(0.999, gt=0.0, le=1.0)
+    max_class_imbalance: float = Field(1.5, ge=1.0)
+    example_rows: int = Field(5, ge=1)
+
+
+class PreprocessConfig(Section):
+    channels: Literal[1, 3] = 1
+
+
+class AugmentConfig(Section):
+    flip: bool = True
+    translate: float = Field(0.1, ge=0.0, lt=0.5)
+
+
+class TrainConfig(Section):
+    model: Literal["seed_cnn", "fast_net"] = "fast_net"
+    width: int = Field(32, ge=4)
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: AugmentConfig = AugmentConfig()
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    max_train_samples: int | None = Field(None, ge=1)
+
+
+class CompressConfig(Section):
+    target_sparsity: float = Field(0.5, ge=0.0, lt=1.0)
+    fine_tune_epochs: int = Field(2, ge=0)
+    learning_rate: float = Field(3e-4, gt=0)
+    pruning_frequency: int = Field(50, ge=1)
+    representative_samples: int = Field(500, ge=10)
+
+
+class EvaluateConfig(Section):
+    deploy_variant: Literal["fp32", "fp16", "dynamic", "int8"] = "int8"
+    min_accuracy: float = Field(0.9, ge=0, le=1)
+    max_drop_vs_fp32: float = Field(0.005, ge=0, le=1)
+    per_class_floor: float = Field(0.6, ge=0, le=1)
+    mcnemar_alpha: float = Field(0.05, gt=0, lt=1)
+    latency_runs: int = Field(200, ge=1)
+    batch_size: int = Field(256, ge=1)
+
+
+class RegisterConfig(Section):
+    model_name: str = Field("image-classifier", min_length=1)
+    experiment: str = Field("image-classifier", min_length=1)
+
+
+class Params(Section):
+    seed: int = 42
+    ingest: IngestConfig = IngestConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    preprocess: PreprocessConfig = PreprocessConfig()
+    train: TrainConfig = TrainConfig()
+    compress: CompressConfig = CompressConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> "Params":
+        if self.ingest.val_fraction + self.ingest.stream_fraction >= 0.8:
+            raise ValueError("ingest.val_fraction + ingest.stream_fraction must leave at least 20% for training")
+        return self
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message says where and how to fix it."""
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ConfigError naming every bad field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found. Run from the project root or pass --params PATH.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: {exc.error_count()} invalid parameter(s):"]
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  - {where}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("\n".join(lines)) from exc

@@ -1,0 +1,113 @@
+"""File I/O at the edges: atomic writes, array shards, JSON, checksums."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a temp dir beside `target`; on success it replaces `target`, on error it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(target)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temp file path beside `target`, renamed over it only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run the stage that writes it first (dvc repro).")
+    return json.loads(path.read_text())
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_shards(
+    directory: Path, split: str, x: np.ndarray, y: np.ndarray, shard_size: int, compress: bool = True
+) -> list[dict]:
+    """Write `x`, `y` as numbered .npz shards; return [{file, count, sha256}]."""
+    save = np.savez_compressed if compress else np.savez
+    shards = []
+    n_shards = max(1, -(-len(x) // shard_size))
+    for i in range(n_shards):
+        sl = slice(i * shard_size, (i + 1) * shard_size)
+        name = f"{split}-{i:05d}.npz"
+        save(directory / name, x=x[sl], y=y[sl])
+        shards.append({"file": name, "count": int(len(x[sl])), "sha256": sha256_file(directory / name)})
+    return shards
+
+
+def read_split(directory: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate every shard of `split` in `directory` (written by write_shards)."""
+    directory = Path(directory)
+    files = sorted(directory.glob(f"{split}-*.npz"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no shards for split {split!r}; run the stage that writes them first.")
+    xs, ys = [], []
+    for f in files:
+        with np.load(f, allow_pickle=False) as data:
+            xs.append(data["x"])
+            ys.append(data["y"])
+    return np.concatenate(xs), np.concatenate(ys)

@@ -1,0 +1,95 @@
+"""MLflow wiring: tracking URI (embedded sqlite by default), experiments, alias look-ups, lineage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+LOCAL_DIR = Path("mlflow")
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI if set, else an embedded sqlite store inside the project (git-ignored)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    local = (root or Path.cwd()) / LOCAL_DIR
+    local.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(local / 'mlflow.db').resolve()}"
+
+
+def client():
+    """An MlflowClient bound to the configured tracking and registry URI."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(name: str) -> str:
+    """Experiment id for `name`, creating it; with the embedded store, artifacts go to ./mlflow/artifacts."""
+    import mlflow
+
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
+        location = (Path.cwd() / LOCAL_DIR / "artifacts").resolve().as_uri()
+    exp_id = c.create_experiment(name, artifact_location=location)
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def version_by_alias(model_name: str, alias: str):
+    """The ModelVersion holding `alias`, or None when the model or the alias does not exist yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def download_tflite(model_name: str, alias: str, dest: Path) -> Path | None:
+    """Download the .tflite served by `model_name@alias` into dest; None if there is no such alias."""
+    import mlflow
+
+    version = version_by_alias(model_name, alias)
+    if version is None:
+        return None
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version.version}",
+                                                     dst_path=str(dest)))
+    found = sorted(local.rglob("*.tflite"))
+    return found[0] if found else None
+
+
+def git_commit() -> dict:
+    """Current commit and whether the work tree has uncommitted changes ('unknown' outside git)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip())
+        return {"git_commit": sha, "git_dirty": str(dirty).lower()}
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+
+
+def dvc_stage_hashes(lock_path: Path = Path("dvc.lock")) -> dict[str, str]:
+    """One short hash per stage in dvc.lock, over its deps/params/outs hashes: identifies the exact inputs."""
+    if not lock_path.is_file():
+        return {}
+    lock = yaml.safe_load(lock_path.read_text()) or {}
+    return {
+        name: hashlib.sha256(json.dumps(entry, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        for name, entry in (lock.get("stages") or {}).items()
+    }

@@ -1,0 +1,27 @@
+"""The MLflow pyfunc that serves a .tflite classifier: raw pixels in, class probabilities out."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow.pyfunc
+import numpy as np
+
+
+class TFLiteClassifier(mlflow.pyfunc.PythonModel):
+    """Loads the logged .tflite and labels; predict(N,H,W,C float pixels 0–255) → (N,K) probabilities."""
+
+    def load_context(self, context):
+        from pipeline.tflite import TFLiteModel
+
+        self.model = TFLiteModel(context.artifacts["tflite"])
+        with open(context.artifacts["labels"]) as fh:
+            self.labels = json.load(fh)
+
+    def predict(self, context, model_input, params=None):
+        x = np.asarray(model_input, dtype=np.float32)
+        if x.ndim == len(self.model.input_shape):
+            x = x[None]
+        logits = self.model.predict(x)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
