@@ -13,13 +13,17 @@ import yaml
 LOCAL_DIR = Path("mlflow")
 
 
-def tracking_uri(root: Path | None = None) -> str:
-    """MLFLOW_TRACKING_URI if set, else an embedded sqlite store inside the project (git-ignored)."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    local = (root or Path.cwd()) / LOCAL_DIR
-    local.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(local / 'mlflow.db').resolve()}"
+def embedded_uri() -> str:
+    """The project's own sqlite store, ./mlflow/mlflow.db (git-ignored)."""
+    return f"sqlite:///{(Path.cwd() / LOCAL_DIR / 'mlflow.db').resolve()}"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the embedded store."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri()
+    if uri == embedded_uri():
+        (Path.cwd() / LOCAL_DIR).mkdir(parents=True, exist_ok=True)
+    return uri
 
 
 def client():
@@ -42,7 +46,7 @@ def ensure_experiment(name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     location = None
-    if tracking_uri().startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
+    if tracking_uri() == embedded_uri():  # (mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI)
         location = (Path.cwd() / LOCAL_DIR / "artifacts").resolve().as_uri()
     exp_id = c.create_experiment(name, artifact_location=location)
     mlflow.set_experiment(experiment_id=exp_id)

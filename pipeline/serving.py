@@ -19,6 +19,8 @@ class TFLiteClassifier(mlflow.pyfunc.PythonModel):
             self.labels = json.load(fh)
 
     def predict(self, context, model_input, params=None):
+        if isinstance(model_input, dict):  # named tensor input: {"image": array}
+            model_input = model_input["image"] if "image" in model_input else next(iter(model_input.values()))
         x = np.asarray(model_input, dtype=np.float32)
         if x.ndim == len(self.model.input_shape):
             x = x[None]

@@ -1,0 +1,154 @@
+"""Ingest stage: read the configured dataset, split it (seeded, stratified), drop cross-split duplicates,
+and write uint8 NHWC shards plus a checksummed manifest.json atomically.
+
+Pure logic lives in the helpers (index arithmetic on labels and image hashes); I/O is in `run`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import io
+from pipeline.config import IngestConfig
+from pipeline.datasets import RawDataset, read_dataset
+from pipeline.errors import DatasetError
+
+SPLITS = ("train", "val", "test", "stream")
+# Later splits win: an image in test is dropped from the others, one in val from train/stream, etc.
+_DEDUP_ORDER = ("test", "val", "stream", "train")
+
+
+def _rng(seed: int, step: str) -> np.random.Generator:
+    """An independent, reproducible generator per step, so changing one step never reshuffles another."""
+    return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(step.encode()).digest()[:4], "big")])
+
+
+def stratified_split(y: np.ndarray, fractions: list[float], rng: np.random.Generator) -> list[np.ndarray]:
+    """Split indices of `y` per class: part k gets round(n_c * fractions[k]); the rest goes to the last part.
+
+    Returns len(fractions) + 1 sorted index arrays.
+    """
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        start = 0
+        for k, f in enumerate(fractions):
+            n = int(round(len(idx) * f))
+            parts[k].append(idx[start:start + n])
+            start += n
+        parts[-1].append(idx[start:])
+    return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
+
+
+def cap_per_class(y: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices keeping at most `cap` random samples of each class."""
+    keep = [rng.permutation(np.flatnonzero(y == c))[:cap] for c in np.unique(y)]
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+
+
+def image_hashes(x: np.ndarray) -> np.ndarray:
+    """sha1 hex digest of each image's bytes."""
+    return np.array([hashlib.sha1(img.tobytes()).hexdigest() for img in np.ascontiguousarray(x)], dtype=object)
+
+
+def drop_duplicates(hashes: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Boolean keep-masks per split removing images whose hash occurs in a split earlier in _DEDUP_ORDER."""
+    seen: set[str] = set()
+    keep, dropped = {}, {}
+    for split in _DEDUP_ORDER:
+        h = hashes[split]
+        keep[split] = np.array([v not in seen for v in h], dtype=bool)
+        dropped[split] = int((~keep[split]).sum())
+        seen.update(h.tolist())
+    return keep, {s: dropped[s] for s in SPLITS}
+
+
+def make_splits(raw: RawDataset, cfg: IngestConfig, seed: int
+                ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+    """Carve test (if absent), cap per class, split train/val/stream, drop cross-split duplicates."""
+    x, y = raw.train_x, raw.train_y
+    if raw.test_x is None:
+        test, rest = stratified_split(y, [cfg.test_fraction], _rng(seed, "test"))
+        tx, ty = x[test], y[test]
+        x, y = x[rest], y[rest]
+    else:
+        tx, ty = raw.test_x, raw.test_y
+    if cfg.max_per_class is not None:
+        keep = cap_per_class(y, cfg.max_per_class, _rng(seed, "cap-train"))
+        x, y = x[keep], y[keep]
+        keep = cap_per_class(ty, max(2, cfg.max_per_class // 5), _rng(seed, "cap-test"))
+        tx, ty = tx[keep], ty[keep]
+    val, stream, train = stratified_split(y, [cfg.val_fraction, cfg.stream_fraction], _rng(seed, "val-stream"))
+    splits = {"train": (x[train], y[train]), "val": (x[val], y[val]), "test": (tx, ty), "stream": (x[stream], y[stream])}
+    dropped = dict.fromkeys(SPLITS, 0)
+    if cfg.drop_cross_split_duplicates:
+        keep, dropped = drop_duplicates({s: image_hashes(v[0]) for s, v in splits.items()})
+        splits = {s: (v[0][keep[s]], v[1][keep[s]]) for s, v in splits.items()}
+    # Shuffle within each split (seeded) so shards are not ordered by class.
+    for s, (sx, sy) in splits.items():
+        order = _rng(seed, f"order-{s}").permutation(len(sy))
+        splits[s] = (np.ascontiguousarray(sx[order]), sy[order])
+    return splits, dropped
+
+
+def check_raw(raw: RawDataset) -> None:
+    """DatasetError unless images are uint8 NHWC with matching labels in range."""
+    n = len(raw.class_names)
+    for split, x, y in (("train", raw.train_x, raw.train_y), ("test", raw.test_x, raw.test_y)):
+        if x is None:
+            continue
+        if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y):
+            raise DatasetError(f"{split}: expected uint8 (N,H,W,C) images with N labels, got {x.dtype} {x.shape} "
+                               f"and {len(y)} labels")
+        if x.shape[1:] != raw.train_x.shape[1:]:
+            raise DatasetError(f"test images are {x.shape[1:]} but train images {raw.train_x.shape[1:]}")
+        if len(y) and (y.min() < 0 or y.max() >= n):
+            raise DatasetError(f"{split}: labels must lie in [0, {n}), found {int(y.min())}..{int(y.max())}")
+    if len(raw.train_y) == 0:
+        raise DatasetError("the dataset has no training images")
+
+
+def manifest_checksum(split_info: dict[str, dict]) -> str:
+    """One sha256 over every shard's sha256: the data version recorded in lineage tags."""
+    shard_hashes = sorted(sh["sha256"] for info in split_info.values() for sh in info["shards"])
+    return io.sha256_bytes(json.dumps(shard_hashes).encode())
+
+
+def build_manifest(dataset: str, raw: RawDataset, seed: int, split_info: dict[str, dict],
+                   dropped: dict[str, int]) -> dict:
+    """The manifest.json content; `checksum` covers every shard's sha256."""
+    return {
+        "dataset": dataset,
+        "class_names": list(raw.class_names),
+        "image_shape": [int(d) for d in raw.train_x.shape[1:]],
+        "seed": int(seed),
+        "splits": split_info,
+        "sources": dict(raw.sources),
+        "duplicates_dropped": dropped,
+        "checksum": manifest_checksum(split_info),
+    }
+
+
+def run(cfg: IngestConfig, seed: int, out_dir: Path, cache_dir: Path = Path("data/cache")) -> dict:
+    """Read, split and write the dataset to `out_dir` (replaced atomically); return the manifest."""
+    raw = read_dataset(cfg, Path(cache_dir))
+    check_raw(raw)
+    splits, dropped = make_splits(raw, cfg, seed)
+    n_classes = len(raw.class_names)
+    label_dtype = np.uint8 if n_classes <= 256 else np.int64
+    split_info = {}
+    with io.atomic_dir(out_dir) as tmp:
+        for split in SPLITS:
+            x, y = splits[split]
+            split_info[split] = {
+                "count": int(len(y)),
+                "class_counts": np.bincount(y, minlength=n_classes).tolist(),
+                "shards": io.write_shards(tmp, split, x, y.astype(label_dtype), cfg.shard_size),
+            }
+        manifest = build_manifest(cfg.dataset, raw, seed, split_info, dropped)
+        io.write_json(tmp / "manifest.json", manifest)
+    return manifest

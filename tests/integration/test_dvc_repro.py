@@ -1,0 +1,122 @@
+"""Integration: the real `dvc repro` on a copy of the project, with a params override for a small subset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.integration
+
+SMALL = {
+    "ingest": {"max_per_class": 100},
+    "train": {"width": 16, "epochs": 3, "batch_size": 32},
+    "compress": {"fine_tune_epochs": 1, "representative_samples": 50},
+    "evaluate": {"min_accuracy": 0.3, "per_class_floor": 0.0, "max_drop_vs_fp32": 0.1, "latency_runs": 5},
+    "register": {"model_name": "it-classifier", "experiment": "it"},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def _project(tmp_path: Path, override: dict) -> Path:
+    """A fresh git + DVC workspace holding this project's pipeline with `override` merged into params.yaml."""
+    work = tmp_path / "project"
+    work.mkdir()
+    for item in ("pipeline", "dvc.yaml", ".dvcignore"):
+        src = ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, work / item, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy(src, work / item)
+    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), override)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (work / ".gitignore").write_text("/mlflow/\n")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
+                ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        _run(cmd, work)
+    return work
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(ROOT)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian package dataset-fashion-mnist (make dataset)")
+def test_dvc_repro_registers_a_challenger_and_reruns_only_what_changed(tmp_path):
+    import mlflow
+
+    work = _project(tmp_path, SMALL)
+    first = _run(["dvc", "repro"], work)
+    for stage in ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in first.stdout, first.stdout
+
+    record = json.loads((work / "reports/registration.json").read_text())
+    assert record["alias"] == "challenger", record
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow/mlflow.db'}")
+    version = client.get_model_version_by_alias("it-classifier", "challenger")
+    assert int(version.version) == record["version"]
+    lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
+    assert {f"dvc.{s}" for s in ("ingest", "validate", "preprocess", "train", "compress", "evaluate")} <= set(version.tags)
+    assert version.tags["data.gx_success"] == "true"
+    assert set(lock) >= {"ingest", "train", "evaluate"}
+    for name in ("fp32", "fp16", "dynamic", "int8"):
+        assert (work / "models/compressed" / f"{name}.tflite").is_file()
+
+    again = _run(["dvc", "repro"], work)
+    assert "Data and pipelines are up to date." in again.stdout, again.stdout
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train"]["epochs"] = 4
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = _run(["dvc", "repro"], work)
+    ran = {s for s in ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "register")
+           if f"Running stage '{s}'" in changed.stdout}
+    assert ran == {"train", "compress", "evaluate", "register"}, changed.stdout
+    assert json.loads((work / "reports/registration.json").read_text())["version"] == record["version"] + 1
+
+
+def test_invalid_data_stops_the_pipeline_at_validate(tmp_path):
+    from PIL import Image
+
+    source = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", {"cat": 40, "dog": 8}), ("test", {"cat": 5, "dog": 5})):
+        for cls, n in counts.items():
+            (source / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(30, 220, (12, 12), dtype=np.uint8)).save(source / split / cls / f"{i}.png")
+    override = {"ingest": {"dataset": "image-folder", "source": str(source), "image_size": [12, 12]}}
+    work = _project(tmp_path, override)
+    result = _run(["dvc", "repro"], work, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "expect_column_values_to_be_between" in output and "ratio_to_uniform" in output, output[-3000:]
+    assert "Running stage 'preprocess'" not in output
+    assert not (work / "data/prepared").exists()
+    assert json.loads((work / "reports/validation.json").read_text())["success"] is False
