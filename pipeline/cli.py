@@ -49,7 +49,7 @@ def ingest(
     from pipeline import ingest as stage
 
     cfg = _load(params)
-    manifest = _run(stage.run, cfg.ingest, seed=cfg.seed, out_dir=out)
+    manifest = _run(stage.run, cfg.ingest, seed=cfg.seed, out_dir=out, accepted_dir=Path(cfg.monitor.accepted_dir))
     counts = {k: v["count"] for k, v in manifest["splits"].items()}
     typer.echo(f"ingested {cfg.ingest.dataset}: {counts} -> {out}")
 
@@ -155,6 +155,124 @@ def register(
     record = _run(stage.run, cfg, params_path=params, out_path=out)
     typer.echo(f"registered {record['model_name']} v{record['version']} alias={record['alias'] or '-'} "
                f"run={record['run_id']}")
+
+
+@app.command()
+def simulate(
+    kind: Annotated[str, typer.Option(help="Drift: brightness|contrast|noise|blur|label-shift|none.")] = "none",
+    severity: Annotated[float, typer.Option(help="Drift strength in [0, 1]; 0 = unchanged.")] = 0.5,
+    batches: Annotated[int, typer.Option(help="Number of batches to write.")] = 1,
+    params: ParamsOpt = Path("params.yaml"),
+    data: Annotated[Path, typer.Option(help="Ingested shards directory (its stream split is the source).")] = (
+        Path("data/ingested")),
+    out: Annotated[Path | None, typer.Option(help="Incoming directory (default: monitor.incoming_dir).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (default: monitor.batch_size).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Noise/label-shift seed (default: params.yaml seed).")] = None,
+) -> None:
+    """Write labelled incoming batches from the held-out stream split, with simulated drift, for the monitor."""
+    from pipeline import io
+    from pipeline import simulate as stage
+
+    if kind not in stage.KINDS:
+        _fail(f"--kind must be one of {', '.join(stage.KINDS)}, got {kind!r}")
+    if not 0.0 <= severity <= 1.0:
+        _fail(f"--severity must lie in [0, 1], got {severity}")
+    if batches < 1 or (batch_size is not None and batch_size < 1):
+        _fail("--batches and --batch-size must be >= 1")
+    cfg = _load(params)
+    out = out or Path(cfg.monitor.incoming_dir)
+    manifest = _run(io.read_json, data / "manifest.json")
+    x, y = _run(io.read_split, data, "stream")
+    paths = _run(stage.write_batches, x, y, out, kind, severity, batch_size or cfg.monitor.batch_size, batches,
+                 cfg.seed if seed is None else seed, num_classes=len(manifest["class_names"]))
+    for path in paths:
+        typer.echo(f"wrote {path} ({kind}, severity {severity:g})")
+
+
+@app.command()
+def deploy(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Publish the registry's `champion` to S3 (immutable release + pointer flip); no-op if already live."""
+    from pipeline import deploy as stage
+
+    cfg = _load(params)
+    result = _run(stage.publish_champion, cfg)
+    if result.get("skipped"):
+        typer.echo(f"{cfg.register_.model_name} v{result['version']} already deployed: {result['release']} "
+                   f"(pointer {result['pointer']})")
+    else:
+        typer.echo(f"deployed {cfg.register_.model_name} v{result['version']} -> {result['release']} "
+                   f"(pointer {result['pointer']})")
+
+
+@app.command()
+def serve(
+    params: ParamsOpt = Path("params.yaml"),
+    source: Annotated[str, typer.Option(help="Where the model comes from: s3 (the deployed pointer) or "
+                                             "registry (MLflow champion alias).")] = "s3",
+    host: Annotated[str | None, typer.Option(help="Bind host (default: deploy.serve_host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Bind port (default: deploy.serve_port).")] = None,
+) -> None:
+    """Serve the champion over HTTP (/health, /predict, /reload), hot-reloading when it changes."""
+    from pipeline import serve as stage
+
+    if source not in ("s3", "registry"):
+        _fail(f"--source must be 's3' or 'registry', got {source!r}")
+    cfg = _load(params)
+    _run(stage.serve, cfg, source, host, port)
+
+
+@app.command()
+def promote(
+    approve: Annotated[bool, typer.Option("--approve/--reject", help="Approve (champion ← challenger) or reject.")],
+    by: Annotated[str, typer.Option("--by", help="Approver name, recorded in the audit trail.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the audit trail.")] = "",
+    params: ParamsOpt = Path("params.yaml"),
+    publish: Annotated[bool, typer.Option(help="Publish the new champion to S3 after approval.")] = False,
+) -> None:
+    """Decide on the current challenger (same decision as the promotion flow's approval form)."""
+    from pipeline import promote as promotion
+
+    cfg = _load(params)
+    name = cfg.register_.model_name
+    if approve:
+        typer.echo(promotion.comparison_markdown(_run(promotion.compare, name)))
+    record = _run(promotion.approve if approve else promotion.reject, name, by, reason)
+    typer.echo(f"{record['action']} by {record['by']} at {record['at']}: {record['versions']}")
+    if approve and publish:
+        from pipeline import deploy as deployer
+
+        _run(deployer.publish_champion, cfg)
+
+
+@app.command()
+def rollback(
+    by: Annotated[str, typer.Option("--by", help="Who rolls back, recorded in the audit trail.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the audit trail.")] = "",
+    params: ParamsOpt = Path("params.yaml"),
+    publish: Annotated[bool, typer.Option(help="Publish the restored champion to S3.")] = False,
+) -> None:
+    """champion ← previous (audited); the rolled-back version becomes `previous`."""
+    from pipeline import promote as promotion
+
+    cfg = _load(params)
+    record = _run(promotion.rollback, cfg.register_.model_name, by, reason)
+    typer.echo(f"rollback by {record['by']} at {record['at']}: {record['versions']}")
+    if publish:
+        from pipeline import deploy as deployer
+
+        _run(deployer.publish_champion, cfg)
+
+
+@app.command()
+def status(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Registry aliases and the audit history of the configured model."""
+    from pipeline import promote as promotion
+
+    cfg = _load(params)
+    name = cfg.register_.model_name
+    typer.echo(f"{name}: {_run(promotion.aliases, name)}")
+    for record in _run(promotion.history, name):
+        typer.echo(f"  {record['at']} {record['action']:8s} by {record['by']}: {record['versions']} {record['reason']}")
 
 
 def main() -> None:  # pragma: no cover - console entry

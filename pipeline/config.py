@@ -87,6 +87,36 @@ class RegisterConfig(Section):
     experiment: str = Field("image-classifier", min_length=1)
 
 
+class MonitorConfig(Section):
+    batch_size: int = Field(500, ge=1)
+    incoming_dir: str = "data/incoming"
+    accepted_dir: str = "data/accepted"
+    state_path: str = "data/monitor/state.json"
+    drift_p_value: float = Field(0.01, gt=0, lt=1)
+    psi_threshold: float = Field(0.2, gt=0)
+    max_accuracy_drop: float = Field(0.03, ge=0, le=1)
+    consecutive_batches: int = Field(2, ge=1)
+    cooldown_minutes: float = Field(60.0, ge=0)
+    experiment: str = Field("monitoring", min_length=1)
+
+
+class DeployConfig(Section):
+    bucket: str = Field("models", min_length=3)
+    prefix: str = "models"
+    endpoint_url: str | None = None
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    reload_seconds: float = Field(5.0, gt=0)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s):// URL of the S3 endpoint, got {v!r}")
+        return v
+
+
 class Params(Section):
     seed: int = 42
     ingest: IngestConfig = IngestConfig()
@@ -96,6 +126,8 @@ class Params(Section):
     compress: CompressConfig = CompressConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    monitor: MonitorConfig = MonitorConfig()
+    deploy: DeployConfig = DeployConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -129,3 +161,38 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             where = ".".join(str(p) for p in err["loc"])
             lines.append(f"  - {where}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("\n".join(lines)) from exc
+
+
+def update_params(path: str | Path, overrides: dict[str, object]) -> Params:
+    """Set dotted keys (e.g. {"train.epochs": 3}) in params.yaml, keeping its comments and layout.
+
+    The result is validated before anything is written: a bad override leaves params.yaml untouched.
+    """
+    from ruamel.yaml import YAML
+
+    path = Path(path)
+    rt = YAML()
+    doc = rt.load(path.read_text())
+    for dotted, value in overrides.items():
+        node = doc
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            if key not in node:
+                raise ConfigError(f"{path}: no section {key!r} for override {dotted!r}")
+            node = node[key]
+        if leaf not in node:
+            raise ConfigError(f"{path}: unknown parameter {dotted!r}")
+        node[leaf] = value
+    import io as _io
+
+    buffer = _io.StringIO()
+    rt.dump(doc, buffer)
+    text = buffer.getvalue()
+    try:
+        params = Params.model_validate(yaml.safe_load(text))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: override {overrides} is invalid: {exc}") from exc
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return params

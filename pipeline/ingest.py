@@ -133,11 +133,41 @@ def build_manifest(dataset: str, raw: RawDataset, seed: int, split_info: dict[st
     }
 
 
-def run(cfg: IngestConfig, seed: int, out_dir: Path, cache_dir: Path = Path("data/cache")) -> dict:
-    """Read, split and write the dataset to `out_dir` (replaced atomically); return the manifest."""
+def add_accepted(splits: dict[str, tuple[np.ndarray, np.ndarray]], accepted: tuple[np.ndarray, np.ndarray],
+                 num_classes: int, seed: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+    """Append monitoring batches accepted for retraining to train.
+
+    Accepted images leave the stream split (consumed); any that duplicate val/test images are dropped (leakage).
+    """
+    ax, ay = accepted
+    if ax.shape[1:] != splits["train"][0].shape[1:]:
+        raise DatasetError(f"accepted batches hold {ax.shape[1:]} images but the dataset {splits['train'][0].shape[1:]}")
+    if len(ay) and (ay.min() < 0 or ay.max() >= num_classes):
+        raise DatasetError(f"accepted batches: labels must lie in [0, {num_classes})")
+    accepted_hashes = image_hashes(ax)
+    held_out = set(image_hashes(splits["val"][0]).tolist()) | set(image_hashes(splits["test"][0]).tolist())
+    keep = np.array([h not in held_out for h in accepted_hashes], dtype=bool)
+    sx, sy = splits["stream"]
+    in_stream = np.isin(image_hashes(sx), accepted_hashes)
+    tx, ty = splits["train"]
+    x = np.concatenate([tx, ax[keep]])
+    y = np.concatenate([ty.astype(np.int64), ay[keep]])
+    order = _rng(seed, "order-train-accepted").permutation(len(y))
+    out = {**splits, "train": (np.ascontiguousarray(x[order]), y[order]), "stream": (sx[~in_stream], sy[~in_stream])}
+    return out, {"accepted": int(keep.sum()), "accepted_dropped_as_leakage": int((~keep).sum()),
+                 "stream_consumed": int(in_stream.sum())}
+
+
+def run(cfg: IngestConfig, seed: int, out_dir: Path, cache_dir: Path = Path("data/cache"),
+        accepted_dir: Path | None = None) -> dict:
+    """Read, split (plus accepted monitoring batches) and write to `out_dir` atomically; return the manifest."""
     raw = read_dataset(cfg, Path(cache_dir))
     check_raw(raw)
     splits, dropped = make_splits(raw, cfg, seed)
+    accepted_info = {"accepted": 0}
+    accepted = load_accepted(accepted_dir) if accepted_dir else None
+    if accepted is not None:
+        splits, accepted_info = add_accepted(splits, accepted, len(raw.class_names), seed)
     n_classes = len(raw.class_names)
     label_dtype = np.uint8 if n_classes <= 256 else np.int64
     split_info = {}
@@ -149,6 +179,36 @@ def run(cfg: IngestConfig, seed: int, out_dir: Path, cache_dir: Path = Path("dat
                 "class_counts": np.bincount(y, minlength=n_classes).tolist(),
                 "shards": io.write_shards(tmp, split, x, y.astype(label_dtype), cfg.shard_size),
             }
-        manifest = build_manifest(cfg.dataset, raw, seed, split_info, dropped)
+        manifest = {**build_manifest(cfg.dataset, raw, seed, split_info, dropped), "monitoring": accepted_info}
         io.write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def load_accepted(accepted_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """All monitoring batches accepted for retraining (`accepted_dir/*.npz`, by name), concatenated; None if none.
+
+    Each batch must hold uint8 (N, H, W, C) images `x` and N integer labels `y`, all batches the same image shape;
+    otherwise DatasetError names the file. Labels come back as int64.
+    """
+    import zipfile
+
+    files = sorted(Path(accepted_dir).glob("*.npz")) if Path(accepted_dir).is_dir() else []
+    files = [f for f in files if not f.name.startswith(".")]  # skip atomic-write temporaries
+    if not files:
+        return None
+    xs, ys = [], []
+    for f in files:
+        try:
+            with np.load(f, allow_pickle=False) as data:
+                x, y = data["x"], data["y"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise DatasetError(f"{f}: unreadable accepted batch ({exc}); expected an .npz with arrays x and y") from exc
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise DatasetError(f"{f}: expected uint8 (N, H, W, C) images, got {x.dtype} {x.shape}")
+        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+            raise DatasetError(f"{f}: expected {len(x)} integer labels in a 1-D array, got {y.dtype} {y.shape}")
+        if xs and x.shape[1:] != xs[0].shape[1:]:
+            raise DatasetError(f"{f}: images are {x.shape[1:]} but {files[0].name} has {xs[0].shape[1:]}")
+        xs.append(x)
+        ys.append(y.astype(np.int64))
+    return np.concatenate(xs), np.concatenate(ys)

@@ -111,6 +111,23 @@ def _read_manifest(data_dir: Path) -> dict:
     return manifest
 
 
+def image_rows(x: np.ndarray, y: np.ndarray, split: str, offset: int = 0) -> pd.DataFrame:
+    """One row per image of one array of images (no row_id / cross_split_duplicate columns); len(x) == len(y)."""
+    n = len(x)
+    h, w, c = _shape_columns(x)
+    stats = _image_stats(x)
+    return pd.DataFrame({
+        "split": split,
+        "index": np.arange(offset, offset + n, dtype=np.int64),
+        "label": np.asarray(y).astype(np.int64).reshape(n, -1)[:, 0],
+        "height": h, "width": w, "channels": c,
+        "dtype": str(x.dtype),
+        "mean": stats["mean"], "std": stats["std"], "min": stats["min"], "max": stats["max"],
+        "non_finite": stats["non_finite"],
+        "hash": _hashes(x),
+    })
+
+
 def build_image_table(data_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Summarise every image of every split into (images_df, classes_df); see the module docstring."""
     data_dir = Path(data_dir)
@@ -125,18 +142,7 @@ def build_image_table(data_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]
             n = len(x)
             if n == 0:
                 continue
-            h, w, c = _shape_columns(x)
-            stats = _image_stats(x)
-            parts.append(pd.DataFrame({
-                "split": split,
-                "index": np.arange(offset, offset + n, dtype=np.int64),
-                "label": np.asarray(y).astype(np.int64).reshape(n, -1)[:, 0],
-                "height": h, "width": w, "channels": c,
-                "dtype": str(x.dtype),
-                "mean": stats["mean"], "std": stats["std"], "min": stats["min"], "max": stats["max"],
-                "non_finite": stats["non_finite"],
-                "hash": _hashes(x),
-            }))
+            parts.append(image_rows(x, y, split, offset))
             offset += n
 
     columns = ["row_id", "split", "index", "label", "height", "width", "channels", "dtype", "mean", "std",
@@ -180,17 +186,14 @@ def _split_table(images: pd.DataFrame, manifest: dict) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------------------- suite
 
-def build_suite(cfg: ValidateConfig, manifest: dict) -> dict[str, list]:
-    """Expectations per table name ({"images": [...], "classes": [...], "splits": [...]})."""
+def image_expectations(cfg: ValidateConfig, n_classes: int, image_shape) -> list:
+    """The per-image expectations (labels, shape, dtype, non-finite, pixel stats): valid for any batch of images."""
     _quiet_gx()
     import great_expectations.expectations as gxe
-    from great_expectations.expectations.row_conditions import Column
 
-    n_classes = len(manifest["class_names"])
-    h, w, c = (int(v) for v in manifest["image_shape"])
+    h, w, c = (int(v) for v in image_shape)
     lo, hi = cfg.pixel_mean_range
-    imb = cfg.max_class_imbalance
-    images = [
+    return [
         gxe.ExpectColumnValuesToBeBetween(column="label", min_value=0, max_value=n_classes - 1,
                                           description=f"labels are class ids 0..{n_classes - 1}"),
         gxe.ExpectColumnValuesToBeInSet(column="height", value_set=[h], description=f"image height is {h}"),
@@ -203,6 +206,18 @@ def build_suite(cfg: ValidateConfig, manifest: dict) -> dict[str, list]:
                                           description=f"per-image mean pixel in [{lo}, {hi}] (not blank)"),
         gxe.ExpectColumnValuesToBeBetween(column="std", min_value=cfg.min_pixel_std, mostly=cfg.mostly,
                                           description=f"per-image pixel std >= {cfg.min_pixel_std} (not constant)"),
+    ]
+
+
+def build_suite(cfg: ValidateConfig, manifest: dict) -> dict[str, list]:
+    """Expectations per table name ({"images": [...], "classes": [...], "splits": [...]})."""
+    _quiet_gx()
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    n_classes = len(manifest["class_names"])
+    imb = cfg.max_class_imbalance
+    images = image_expectations(cfg, n_classes, manifest["image_shape"]) + [
         gxe.ExpectColumnValuesToBeInSet(column="cross_split_duplicate", value_set=[False],
                                         description="no image appears in two splits (leakage)"),
         gxe.ExpectColumnDistinctValuesToContainSet(column="label", value_set=list(range(n_classes)),
@@ -230,9 +245,10 @@ def _quiet_gx() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _run_checkpoint(tables: dict[str, pd.DataFrame], suites: dict[str, list], docs_dir: Path,
+def _run_checkpoint(tables: dict[str, pd.DataFrame], suites: dict[str, list], docs_dir: Path | None,
                     partial_count: int) -> dict[str, object]:
-    """Validate each table against its expectations (ephemeral context, one checkpoint per table); docs go to docs_dir."""
+    """Validate each table against its expectations (ephemeral context, one checkpoint per table); docs go to docs_dir
+    (None: no data docs)."""
     _quiet_gx()
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
@@ -243,7 +259,7 @@ def _run_checkpoint(tables: dict[str, pd.DataFrame], suites: dict[str, list], do
 
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-        data_docs_sites={"local_site": {
+        data_docs_sites={} if docs_dir is None else {"local_site": {
             "class_name": "SiteBuilder",
             "show_how_to_buttons": False,
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
@@ -270,7 +286,8 @@ def _run_checkpoint(tables: dict[str, pd.DataFrame], suites: dict[str, list], do
     for name, vd in zip(tables, definitions):
         checkpoint = ctx.checkpoints.add_or_update(gx.Checkpoint(
             name=f"ingested_{name}", validation_definitions=[vd], result_format=result_format,
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["local_site"])]))
+            actions=[] if docs_dir is None else [gx.checkpoint.UpdateDataDocsAction(name="docs",
+                                                                                   site_names=["local_site"])]))
         run = checkpoint.run(batch_parameters=batch_parameters[name])
         (results[name],) = run.run_results.values()
     return results
@@ -375,6 +392,25 @@ def _format_failure(f: dict) -> list[str]:
     for ex in f["examples"]:
         lines.append("      " + " ".join(f"{k}={v}" for k, v in ex.items()))
     return lines
+
+
+def check_tables(tables: dict[str, pd.DataFrame], suites: dict[str, list], class_names: list[str],
+                 example_rows: int) -> dict:
+    """Validate in-memory tables (each with a row_id column) without data docs; return success, statistics,
+    failures (as in the report) and `lines`, the formatted failure lines. Used for single incoming batches."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = _run_checkpoint(tables, suites, None, partial_count=max(example_rows, 20))
+    evaluated = sum(len(r.results) for r in results.values())
+    successful = sum(1 for r in results.values() for e in r.results if e.success)
+    failures = _failures(results, tables, list(class_names), example_rows)
+    return {
+        "success": not failures,
+        "statistics": {"evaluated_expectations": evaluated, "successful_expectations": successful,
+                       "unsuccessful_expectations": evaluated - successful},
+        "failures": failures,
+        "lines": [line for f in failures for line in _format_failure(f)],
+    }
 
 
 # --------------------------------------------------------------------------------------------- stage

@@ -16,7 +16,7 @@ from pipeline.datasets import RawDataset
 from pipeline.errors import DatasetError
 
 SPLITS = ("train", "val", "test", "stream")
-MANIFEST_KEYS = {"dataset", "class_names", "image_shape", "seed", "splits", "sources", "duplicates_dropped", "checksum"}
+MANIFEST_KEYS = {"dataset", "class_names", "image_shape", "seed", "splits", "sources", "duplicates_dropped", "checksum", "monitoring"}
 
 
 def unique_images(n: int, seed: int, shape=(6, 6, 1)) -> np.ndarray:
@@ -213,3 +213,22 @@ def test_cli_reports_dataset_error(tmp_path: Path) -> None:
     params.write_text(f"ingest:\n  dataset: image-folder\n  source: {tmp_path / 'missing'}\n")
     result = CliRunner().invoke(app, ["ingest", "--params", str(params), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "train" in result.output and not (tmp_path / "out").exists()
+
+
+def test_accepted_batches_join_train_and_leave_stream(tmp_path: Path) -> None:
+    """Monitoring batches accepted for retraining become training data; consumed stream images leave the stream."""
+    from pipeline.ingest import add_accepted
+
+    rng = np.random.default_rng(0)
+
+    def imgs(n):
+        return rng.integers(0, 255, (n, 4, 4, 1), dtype=np.uint8), rng.integers(0, 2, n).astype(np.uint8)
+
+    splits = {"train": imgs(10), "val": imgs(4), "test": imgs(4), "stream": imgs(6)}
+    leaked = splits["test"][0][:1]
+    ax = np.concatenate([splits["stream"][0][:3], leaked, imgs(2)[0]])
+    ay = np.array([0, 1, 0, 1, 0, 1])
+    out, info = add_accepted(splits, (ax, ay), 2, seed=0)
+    assert info == {"accepted": 5, "accepted_dropped_as_leakage": 1, "stream_consumed": 3}
+    assert len(out["train"][0]) == 15 and len(out["stream"][0]) == 3
+    assert out["val"][0] is splits["val"][0]
