@@ -31,7 +31,7 @@ def _summary(client, version) -> dict:
     per_class = {m.split(".")[2]: v for m, v in metrics.items()
                  if m.startswith("eval.per_class.") and m.endswith(".recall")}
     return {
-        "version": version.version,
+        "version": str(version.version),
         "accuracy": metrics.get("eval.accuracy"),
         "size_bytes": metrics.get(f"compress.variants.{variant}.bytes"),
         "latency_ms": metrics.get(f"eval.variants.{variant}.latency_ms_batch1"),
@@ -137,7 +137,7 @@ def approve(model_name: str, by: str, reason: str) -> dict:
     client.set_registered_model_alias(model_name, CHAMPION, challenger.version)
     client.delete_registered_model_alias(model_name, CHALLENGER)
     client.set_model_version_tag(model_name, challenger.version, "promotion.decision", "approved")
-    versions = {"champion": challenger.version, "previous": champion.version if champion else None}
+    versions = {"champion": str(challenger.version), "previous": str(champion.version) if champion else None}
     return _audit(client, model_name, "approve", by, reason, versions, cmp["diff"])
 
 
@@ -152,7 +152,7 @@ def reject(model_name: str, by: str, reason: str) -> dict:
         raise StageError(f"{model_name}: no '{CHALLENGER}' to reject.")
     client.set_model_version_tag(model_name, challenger.version, "promotion.decision", "rejected")
     client.delete_registered_model_alias(model_name, CHALLENGER)
-    return _audit(client, model_name, "reject", by, reason, {"challenger": challenger.version}, None)
+    return _audit(client, model_name, "reject", by, reason, {"challenger": str(challenger.version)}, None)
 
 
 def rollback(model_name: str, by: str, reason: str) -> dict:
@@ -167,7 +167,7 @@ def rollback(model_name: str, by: str, reason: str) -> dict:
         raise StageError(f"{model_name}: rollback needs both '{CHAMPION}' and '{PREVIOUS}' aliases.")
     client.set_registered_model_alias(model_name, CHAMPION, previous.version)
     client.set_registered_model_alias(model_name, PREVIOUS, champion.version)
-    versions = {"champion": previous.version, "previous": champion.version}
+    versions = {"champion": str(previous.version), "previous": str(champion.version)}
     return _audit(client, model_name, "rollback", by, reason, versions, None)
 
 
@@ -188,5 +188,5 @@ def history(model_name: str) -> list[dict]:
 def aliases(model_name: str) -> dict[str, str | None]:
     from pipeline import registry
 
-    return {alias: (v.version if (v := registry.version_by_alias(model_name, alias)) else None)
+    return {alias: (str(v.version) if (v := registry.version_by_alias(model_name, alias)) else None)
             for alias in (CHAMPION, CHALLENGER, PREVIOUS)}

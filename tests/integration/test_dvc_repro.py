@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers_project import make_project, run
+
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.integration
 
@@ -26,53 +23,12 @@ SMALL = {
 }
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def _project(tmp_path: Path, override: dict) -> Path:
-    """A fresh git + DVC workspace holding this project's pipeline with `override` merged into params.yaml."""
-    work = tmp_path / "project"
-    work.mkdir()
-    for item in ("pipeline", "dvc.yaml", ".dvcignore"):
-        src = ROOT / item
-        if src.is_dir():
-            shutil.copytree(src, work / item, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy(src, work / item)
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), override)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (work / ".gitignore").write_text("/mlflow/\n")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
-                ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        _run(cmd, work)
-    return work
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = str(ROOT)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return env
-
-
-def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian package dataset-fashion-mnist (make dataset)")
 def test_dvc_repro_registers_a_challenger_and_reruns_only_what_changed(tmp_path):
     import mlflow
 
-    work = _project(tmp_path, SMALL)
-    first = _run(["dvc", "repro"], work)
+    work = make_project(tmp_path, SMALL)
+    first = run(["dvc", "repro"], work)
     for stage in ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "register"):
         assert f"Running stage '{stage}'" in first.stdout, first.stdout
 
@@ -88,13 +44,13 @@ def test_dvc_repro_registers_a_challenger_and_reruns_only_what_changed(tmp_path)
     for name in ("fp32", "fp16", "dynamic", "int8"):
         assert (work / "models/compressed" / f"{name}.tflite").is_file()
 
-    again = _run(["dvc", "repro"], work)
+    again = run(["dvc", "repro"], work)
     assert "Data and pipelines are up to date." in again.stdout, again.stdout
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["train"]["epochs"] = 4
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = _run(["dvc", "repro"], work)
+    changed = run(["dvc", "repro"], work)
     ran = {s for s in ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "register")
            if f"Running stage '{s}'" in changed.stdout}
     assert ran == {"train", "compress", "evaluate", "register"}, changed.stdout
@@ -112,8 +68,8 @@ def test_invalid_data_stops_the_pipeline_at_validate(tmp_path):
             for i in range(n):
                 Image.fromarray(rng.integers(30, 220, (12, 12), dtype=np.uint8)).save(source / split / cls / f"{i}.png")
     override = {"ingest": {"dataset": "image-folder", "source": str(source), "image_size": [12, 12]}}
-    work = _project(tmp_path, override)
-    result = _run(["dvc", "repro"], work, check=False)
+    work = make_project(tmp_path, override)
+    result = run(["dvc", "repro"], work, check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "expect_column_values_to_be_between" in output and "ratio_to_uniform" in output, output[-3000:]

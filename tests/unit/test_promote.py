@@ -25,7 +25,7 @@ def _version(accuracy: float, blessed: bool) -> str:
                                           tags={"eval.blessed": str(blessed).lower(), "model.deploy_variant": "int8"})
     if blessed:
         client.set_registered_model_alias(NAME, "challenger", version.version)
-    return version.version
+    return str(version.version)
 
 
 def test_approve_reject_rollback_with_audit(mlflow_store):
