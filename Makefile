@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run setup dataset test test-fast repro clean-outputs mlflow-ui
+.PHONY: run setup dataset test test-fast repro mlflow-ui bench
 
 run: setup dataset  ## set up and run the whole pipeline (dvc repro) on the default dataset
 	time dvc repro
@@ -40,3 +40,8 @@ test-fast: setup  ## everything but the integration tier
 
 mlflow-ui:  ## browse runs and the model registry of the embedded store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --port 5000
+
+bench: setup dataset  ## benchmark suite (after `make run`): results in bench/results.json and bench/RESULTS.md
+	cd bench && $(BIN)/python orchestration.py && $(BIN)/python training.py && \
+	  $(BIN)/python compression.py --workspace .. && $(BIN)/python scaling.py && \
+	  $(BIN)/python input_pipeline.py && $(BIN)/python report.py

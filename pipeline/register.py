@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,7 @@ def run(params: Params, params_path: Path, out_path: Path, *, data_dir: Path = P
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape), "image")]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(stats["class_names"])))]))
 
+    started = time.perf_counter()
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{params.train.model}-{tags['git_commit'][:8]}",
                           tags=tags) as run:
         mlflow.log_params(flatten("", params.model_dump(by_alias=True, mode="json")))
@@ -124,6 +126,7 @@ def run(params: Params, params_path: Path, out_path: Path, *, data_dir: Path = P
 
     record = {"model_name": reg.model_name, "version": int(version.version), "alias": alias, "blessed": blessed,
               "run_id": run.info.run_id, "model_uri": f"models:/{reg.model_name}/{version.version}",
-              "experiment_id": experiment_id, "deploy_variant": variant}
+              "experiment_id": experiment_id, "deploy_variant": variant,
+              "logging_seconds": round(time.perf_counter() - started, 2)}
     io.write_json(out_path, record)
     return record

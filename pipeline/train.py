@@ -137,6 +137,7 @@ def run(cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_p
         "val_loss": history["val_loss"][-1],
         "best_val_accuracy": max(history["val_accuracy"]),
         "fit_seconds": round(wall, 2),
+        "epoch_seconds": [round(t, 2) for t in epoch_times],
         "images_per_second": round(len(x_train) / float(np.median(steady)), 1) if steady else None,
         "dtype_policy": policy,
         "strategy": strategy,

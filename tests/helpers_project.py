@@ -25,7 +25,7 @@ def merge(base: dict, override: dict) -> dict:
 def make_project(tmp_path: Path, override: dict, env: dict | None = None) -> Path:
     """A fresh git + DVC workspace holding this project's pipeline with `override` merged into params.yaml."""
     work = tmp_path / "project"
-    work.mkdir()
+    work.mkdir(parents=True)
     for item in PROJECT_FILES:
         src, dst = ROOT / item, work / item
         if src.is_dir():
