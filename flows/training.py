@@ -25,7 +25,7 @@ STAGES = ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "
 def repro_stage(stage: str, project_dir: str) -> bool:
     """Run one DVC stage; True when it actually ran (False: up to date)."""
     logger = get_run_logger()
-    output = run_streaming(["dvc", "repro", stage], Path(project_dir), logger.info)
+    output = run_streaming(["dvc", "repro", "--single-item", stage], Path(project_dir), logger.info)
     return f"Running stage '{stage}'" in output
 
 

@@ -65,6 +65,25 @@ def _log_history(mlflow, history_csv: Path) -> None:
             mlflow.log_metrics({f"epoch.{k}": float(v) for k, v in row.items()}, step=step)
 
 
+def _log_outputs(mlflow, folders: tuple[str, ...]) -> None:
+    """Log the stage outputs; the GX data docs site (hundreds of static files) goes in as one zip."""
+    import shutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder in folders:
+            root = Path(folder)
+            if not root.is_dir():
+                continue
+            for path in sorted(root.iterdir()):
+                if path.is_dir() and (path / "index.html").is_file():
+                    archive = shutil.make_archive(str(Path(tmp) / path.name), "zip", path)
+                    mlflow.log_artifact(archive, artifact_path=folder)
+                elif path.is_dir():
+                    mlflow.log_artifacts(str(path), artifact_path=f"{folder}/{path.name}")
+                else:
+                    mlflow.log_artifact(str(path), artifact_path=folder)
+
+
 def run(params: Params, params_path: Path, out_path: Path, *, data_dir: Path = Path("data/prepared"),
         model_path: Path = Path("models/model.keras"), compressed_dir: Path = Path("models/compressed")) -> dict:
     import mlflow
@@ -99,9 +118,7 @@ def run(params: Params, params_path: Path, out_path: Path, *, data_dir: Path = P
                             **numeric_metrics("eval", {k: v for k, v in evaluation.items()
                                                        if k in ("accuracy", "variants", "per_class", "champion")})})
         _log_history(mlflow, Path("plots/train/history.csv"))
-        for folder in ("plots", "reports", "metrics"):
-            if Path(folder).is_dir():
-                mlflow.log_artifacts(folder, artifact_path=folder)
+        _log_outputs(mlflow, ("plots", "reports", "metrics"))
         for file in (Path(params_path), Path("dvc.lock"), Path(data_dir) / "manifest.json"):
             if file.is_file():
                 mlflow.log_artifact(str(file), artifact_path="lineage")
