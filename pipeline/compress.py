@@ -36,8 +36,13 @@ def prune(model, cfg: CompressConfig, x: np.ndarray, y: np.ndarray, num_classes:
             "fine_tune_epochs": cfg.fine_tune_epochs, "pruned_kernels": len(kernels)}
 
 
-def convert(saved_model_dir: Path, variant: str, representative: np.ndarray | None = None) -> bytes:
-    """Convert an exported SavedModel to a .tflite flatbuffer of the given variant."""
+def convert(saved_model_dir: Path, variant: str, representative: np.ndarray | None = None,
+            per_channel: bool = True) -> bytes:
+    """Convert an exported SavedModel to a .tflite flatbuffer of the given variant.
+
+    `per_channel=False` quantises int8 weights per tensor: the per-channel scales and int64 zero points are ~4 %
+    of a 300k-parameter model; on the default model per-tensor measured the same accuracy.
+    """
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
@@ -54,6 +59,7 @@ def convert(saved_model_dir: Path, variant: str, representative: np.ndarray | No
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
+        converter._experimental_disable_per_channel = not per_channel
     elif variant != "fp32":
         raise ValueError(f"unknown TFLite variant {variant!r}; choose one of {VARIANTS}")
     return converter.convert()
@@ -96,7 +102,8 @@ def run(cfg: CompressConfig, seed: int, data_dir: Path, model_path: Path, out_di
         model.save(tmp / "pruned.keras")
         export_saved_model(model, Path(saved))
         for variant in VARIANTS:
-            (tmp / f"{variant}.tflite").write_bytes(convert(Path(saved), variant, representative))
+            (tmp / f"{variant}.tflite").write_bytes(
+                convert(Path(saved), variant, representative, per_channel=cfg.int8_per_channel))
             print(f"converted {variant}", flush=True)
         variants = {v: size_info(tmp / f"{v}.tflite") for v in VARIANTS}
     fp32 = variants["fp32"]["bytes"]

@@ -70,6 +70,7 @@ class CompressConfig(Section):
     learning_rate: float = Field(3e-4, gt=0)
     pruning_frequency: int = Field(50, ge=1)
     representative_samples: int = Field(500, ge=10)
+    int8_per_channel: bool = False
 
 
 class EvaluateConfig(Section):
