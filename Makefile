@@ -45,3 +45,18 @@ bench: setup dataset  ## benchmark suite (after `make run`): results in bench/re
 	cd bench && $(BIN)/python orchestration.py && $(BIN)/python training.py && \
 	  $(BIN)/python compression.py --workspace .. && $(BIN)/python scaling.py && \
 	  $(BIN)/python input_pipeline.py && $(BIN)/python report.py
+
+# --- the local service stack (infra/local/stack.sh; see infra/README.md) -----------------------------------
+.PHONY: stack-up stack-down stack-status run-stack
+
+stack-up: setup  ## start S3 (nanio) + MLflow server + Prefect server/worker locally; configures the DVC remote
+	infra/local/stack.sh up
+
+stack-down:  ## stop exactly what stack-up started
+	infra/local/stack.sh down
+
+stack-status:  ## one line per service; non-zero when something is down
+	infra/local/stack.sh status
+
+run-stack: setup dataset stack-up  ## the pipeline against the stack: runs and models in MLflow/S3, data pushed to S3
+	source <(infra/local/stack.sh env) && time dvc repro && dvc push

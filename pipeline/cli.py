@@ -38,6 +38,30 @@ def _run(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except (StageError, FileNotFoundError, ConfigError) as exc:
         _fail(str(exc))
+    except Exception as exc:
+        message = _mlflow_unreachable(exc)
+        if message is None:
+            raise
+        _fail(message)
+
+
+def _mlflow_unreachable(exc: Exception) -> str | None:
+    """A clear message when `exc` is MLflow failing to reach its tracking server; None for anything else."""
+    errors = sys.modules.get("mlflow.exceptions")  # only if MLflow is in use (never imported just for this)
+    if errors is None or not isinstance(exc, errors.MlflowException):
+        return None
+    text = str(exc)
+    if not text.startswith("API request to") or not any(
+            s in text for s in ("Max retries exceeded", "Connection refused", "timed out", "ConnectionError",
+                                "Failed to establish", "RemoteDisconnected", "Connection aborted")):
+        return None
+    import os
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "?")
+    reason = next((r for r in ("Connection refused", "timed out", "Name or service not known", "Connection aborted")
+                   if r in text), "connection failed")
+    return (f"cannot reach the MLflow tracking server at {uri} ({reason}). Start it, or point MLFLOW_TRACKING_URI "
+            f"at a running server (unset it to use the embedded store mlflow/mlflow.db), then rerun.")
 
 
 @app.command()

@@ -113,9 +113,21 @@ class DeployConfig(Section):
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint_scheme(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s):// URL of the S3 endpoint, got {v!r}")
+        if v is not None and not valid_endpoint(v):
+            raise ValueError("must be an http(s)://<host>[:<port>] URL of the S3 endpoint (e.g. http://127.0.0.1:9000)")
         return v
+
+
+def valid_endpoint(url: str) -> bool:
+    """True for an http(s)://host[:port][/path] URL (what boto3 accepts as endpoint_url)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric / out-of-range port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
 
 
 class Params(Section):
@@ -160,8 +172,26 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         lines = [f"{path}: {exc.error_count()} invalid parameter(s):"]
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  - {where}: {err['msg']} (got {err.get('input')!r})")
+            if err["type"] == "extra_forbidden":  # never echo the value: a misplaced credential must not be printed
+                known = _known_keys(err["loc"][:-1])
+                hint = f"; valid keys here: {', '.join(known)}" if known else ""
+                lines.append(f"  - {where}: unknown parameter (typo, or a setting that does not belong in "
+                             f"params.yaml){hint}")
+            else:
+                lines.append(f"  - {where}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("\n".join(lines)) from exc
+
+
+def _known_keys(section: tuple) -> list[str]:
+    """The keys params.yaml accepts at `section` (a path of keys from the top), [] if it is not a section."""
+    model: type[BaseModel] = Params
+    for key in section:
+        fields = {f.alias or name: f.annotation for name, f in model.model_fields.items()}
+        sub = fields.get(key)
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return []
+        model = sub
+    return [f.alias or name for name, f in model.model_fields.items()]
 
 
 def update_params(path: str | Path, overrides: dict[str, object]) -> Params:

@@ -79,7 +79,13 @@ def s3_client(cfg: DeployConfig):
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    try:
+        return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    except ValueError as exc:  # botocore: "Invalid endpoint: ..." (e.g. AWS_ENDPOINT_URL=http://)
+        source = ("deploy.endpoint_url" if cfg.endpoint_url else
+                  "AWS_ENDPOINT_URL_S3" if os.environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL")
+        raise StageError(f"S3 endpoint {endpoint!r} (from {source}) is not usable: {exc}; expected an "
+                         "http(s)://<host>[:<port>] URL such as http://127.0.0.1:9000") from None
 
 
 def _where(endpoint: str | None, bucket: str) -> str:

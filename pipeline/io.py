@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +29,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a temp dir beside `target`; on success it replaces `target`, on error it is removed."""
+    """Yield a temp dir beside `target`; on success it replaces `target`, on error it is removed.
+
+    A writer killed outright (SIGKILL, power loss) cannot clean up: the next atomic_dir of the same target removes
+    the temp dirs of writers that are gone, and restores the previous complete `target` if the kill hit between
+    the two renames of the swap.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    _recover(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}@{_HOST}.", dir=target.parent))
     tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
@@ -46,6 +53,30 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(target)
+
+
+_HOST = socket.gethostname().replace(".", "_").replace("/", "_") or "localhost"
+
+
+def _recover(target: Path) -> None:
+    """Clean up after an atomic_dir writer of `target` that was killed (see atomic_dir)."""
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir() and not target.exists():
+        old.rename(target)  # killed mid-swap: the previous complete output is still whole
+    for stale in target.parent.glob(f".{target.name}.tmp-*@{_HOST}.*"):
+        pid = stale.name[len(f".{target.name}.tmp-"):].split("@", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -130,7 +130,8 @@ def validate_batch(x: np.ndarray, y: np.ndarray, class_names: list[str], image_s
     cfg = cfg or ValidateConfig()
     x, y = np.asarray(x), np.asarray(y)
     if len(x) == 0:
-        raise StageError(f"empty incoming batch {source}")
+        raise StageError(f"empty incoming batch {source}: it holds no images; a batch needs at least one labelled "
+                         "image (x: uint8 (N, H, W, C), y: N class ids)")
     structural = []
     if len(x) != len(y):
         structural.append(f"{source}: x has {len(x)} images but y has {len(y)} labels")

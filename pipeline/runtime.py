@@ -57,6 +57,31 @@ def distribution_scope():
     return contextlib.nullcontext(), "none"
 
 
+def worker_task() -> tuple[str, int] | None:
+    """(task type, index) from TF_CONFIG, or None when not running as part of a multi-worker cluster."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
+    task = json.loads(raw).get("task") or {}
+    if not task:
+        return None
+    return str(task.get("type", "worker")), int(task.get("index", 0))
+
+
+def is_chief() -> bool:
+    """True unless this process is a non-chief worker of a TF_CONFIG cluster.
+
+    The chief is the task of type "chief", or worker 0 when the cluster has no "chief" (the TensorFlow rule).
+    Only the chief writes the final model, metrics and plots; the others write to a scratch location.
+    """
+    task = worker_task()
+    if task is None:
+        return True
+    kind, index = task
+    cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster") or {}
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
+
+
 def describe() -> dict:
     """Small JSON-able summary of the compute environment for metrics and lineage."""
     import keras

@@ -52,10 +52,77 @@ def _callbacks(keras, backup_dir: Path, history_csv: Path, epoch_times: list[flo
             epoch_times.append(time.perf_counter() - self._t)
 
     return [
-        keras.callbacks.BackupAndRestore(str(backup_dir / "state"), save_freq="epoch", delete_checkpoint=True),
+        # CSV row first, then the checkpoint: a kill between the two can only make the resumed run repeat an epoch
+        # (deduplicated by _write_history), never lose one. double_checkpoint: a kill that tears the checkpoint
+        # file being written resumes from the previous one instead of failing to load.
         keras.callbacks.CSVLogger(str(history_csv), append=True),
+        keras.callbacks.BackupAndRestore(str(backup_dir / "state"), save_freq="epoch", delete_checkpoint=True,
+                                         double_checkpoint=True),
         EpochTimer(),
     ]
+
+
+def _build_for_multi_worker(model, batch) -> None:
+    """Work around keras-team/keras#20585 (Keras 3 + MultiWorkerMirroredStrategy).
+
+    fit()/evaluate() reduce their first PerReplica batch across workers (strategy.reduce on an (x, y) tuple)
+    just to build the model symbolically, and MultiWorkerMirroredStrategy rejects a nested value there.
+    Build model, loss, metric and optimizer state from one local batch instead (inside the strategy scope,
+    identically on every worker, so variable creation stays in lockstep), then skip that step.
+    """
+    model._symbolic_build(data_batch=batch)
+    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    _patch_multi_worker_mean()
+
+
+def _patch_multi_worker_mean() -> None:
+    """Work around the second half of keras-team/keras#20585: under MultiWorkerMirroredStrategy the per-step
+    logs (scalar loss/metrics) are averaged with strategy.reduce("MEAN", v, axis=0), which fails on a scalar.
+    Average them across workers with axis=None instead; every other case keeps Keras' own reduction."""
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
+
+    original = trainer.reduce_per_replica
+    if getattr(original, "multi_worker_patch", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+            return tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.multi_worker_patch = True
+    trainer.reduce_per_replica = reduce_per_replica
+
+
+def _average_non_trainable(model) -> None:
+    """Average float non-trainable weights (BatchNorm moving mean/variance) across workers.
+
+    Gradients are all-reduced, so trainable weights are identical on every worker, but Keras' BatchNorm
+    updates its moving statistics from each worker's local batches only. Averaging them (as e.g. timm's
+    distribute_bn does) gives every worker, and so the chief's saved model, the same statistics, estimated
+    from all workers' data. Every worker must call this (collective all-reduce, same variable order).
+    """
+    import tensorflow as tf
+
+    strategy = model.distribute_strategy
+    for variable in model.non_trainable_variables:
+        if "float" in str(variable.dtype):
+            # a plain tensor: strategy.reduce returns a MirroredVariable unchanged, assuming it is in sync
+            local = tf.identity(variable.value)
+            variable.assign(strategy.reduce("MEAN", local, axis=None))
+
+
+def _write_history(history_csv: Path, dest: Path) -> None:
+    """Copy the history CSV with one row per epoch (the last: a resumed run may repeat the epoch it was killed in)."""
+    with open(history_csv, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = reader.fieldnames or ["epoch"], {int(r["epoch"]): r for r in reader}
+    with io.atomic_path(dest) as tmp, open(tmp, "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows[k] for k in sorted(rows))
 
 
 def _read_history(history_csv: Path) -> dict[str, list[float]]:
@@ -86,12 +153,24 @@ def run(cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_p
     keras.utils.set_random_seed(seed)
     policy = runtime.configure_precision(cfg.mixed_precision)
     backup_dir = Path(backup_dir)
+    chief = runtime.is_chief()
+    if not chief:  # multi-worker: each worker keeps its own BackupAndRestore dir, never the chief's
+        kind, index = runtime.worker_task()
+        backup_dir = backup_dir.with_name(f"{backup_dir.name}-{kind}{index}")
     resuming = (backup_dir / "state").exists()
     if not resuming:
         shutil.rmtree(backup_dir, ignore_errors=True)
     backup_dir.mkdir(parents=True, exist_ok=True)
     history_csv = backup_dir / "history.csv"
+    if not chief:
+        # Every worker runs the same synchronous fit and ends with the same weights, but only the chief writes
+        # the real outputs (the documented Keras pattern); the others write theirs into their own backup dir,
+        # which is deleted at the end.
+        scratch = backup_dir / "discarded"
+        model_path, metrics_path, plots_dir = scratch / "model.keras", scratch / "train.json", scratch / "plots"
 
+    train_data = make_batches(keras, x_train, y_train, num_classes, cfg.batch_size, True, seed)
+    val_data = make_batches(keras, x_val, y_val, num_classes, 512, False, seed)
     scope, strategy = runtime.distribution_scope()
     steps = cfg.epochs * -(-len(x_train) // cfg.batch_size)
     with scope:
@@ -105,22 +184,24 @@ def run(cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_p
             loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
+        if strategy.startswith("multi_worker"):
+            _build_for_multi_worker(model, train_data[0])
 
-    train_data = make_batches(keras, x_train, y_train, num_classes, cfg.batch_size, True, seed)
-    val_data = make_batches(keras, x_val, y_val, num_classes, 512, False, seed)
     epoch_times: list[float] = []
     started = time.perf_counter()
     model.fit(train_data, validation_data=val_data, epochs=cfg.epochs,
               callbacks=_callbacks(keras, backup_dir, history_csv, epoch_times),
               verbose=1 if sys.stdout.isatty() else 2)
     wall = time.perf_counter() - started
+    if strategy.startswith("multi_worker"):
+        _average_non_trainable(model)
 
     with io.atomic_path(model_path) as tmp:
         model.save(tmp)
     history = _read_history(history_csv)
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(history_csv, plots_dir / "history.csv")
+    _write_history(history_csv, plots_dir / "history.csv")
     plots.training_curves(history, plots_dir / "training_curves.png")
 
     steady = epoch_times[1:] or epoch_times

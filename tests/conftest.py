@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -21,3 +22,27 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return uri
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_globals():
+    """pipeline.registry sets MLflow's process-wide tracking/registry URIs and active experiment (and exports them to
+    os.environ, outside monkeypatch's reach): reset them after each test so no later test (here or in another tier)
+    is pointed at a deleted store or a stale experiment id."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")}
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+        import mlflow.tracking.fluent as fluent
+
+        if mlflow.active_run() is not None:  # a dangling run would capture the next test's logging
+            with contextlib.suppress(Exception):
+                mlflow.end_run("FAILED")
+        fluent._active_experiment_id = None
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

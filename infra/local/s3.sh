@@ -7,14 +7,15 @@
 #   infra/local/s3.sh env       print the env lines again (never the secret itself)
 #
 # Credentials: NANIO_ACCESS_KEY / NANIO_SECRET_KEY from the environment, else from infra/local/.env
-# (git-ignored; random credentials are generated into it, mode 600, on the first start).
-# Data, log and pid file live under .stack/s3/ (git-ignored). Port: S3_PORT (default 9000).
+# (git-ignored; random credentials are generated into it, mode 600, on the first start; STACK_ENV_FILE
+# names another file). Data, log and pid file live under .stack/s3/ (git-ignored; STACK_DIR moves .stack).
+# Port: S3_PORT (default 9000). infra/local/stack.sh runs this script as the S3 part of the local stack.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-ENV_FILE="$HERE/.env"
-STATE="$ROOT/.stack/s3"
+ENV_FILE="${STACK_ENV_FILE:-$HERE/.env}"
+STATE="${STACK_DIR:-$ROOT/.stack}/s3"
 DATA="$STATE/data"
 LOG="$STATE/nanio.log"
 PIDFILE="$STATE/nanio.pid"

@@ -84,7 +84,8 @@ def _batch(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     d = _unpickle(blob, name)
     missing = [k.decode() for k in (b"data", b"labels") if k not in d]
     if missing:
-        raise DatasetError(f"{name}: batch is missing key(s) {missing}")
+        raise DatasetError(f"{name}: batch is missing key(s) {missing}; expected an official CIFAR-10 python batch "
+                           "(a dict with b'data' and b'labels'): re-download cifar-10-python.tar.gz")
     x = np.asarray(d[b"data"])
     y = np.asarray(d[b"labels"])
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:

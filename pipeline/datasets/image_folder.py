@@ -41,7 +41,8 @@ def _list_split(root: Path) -> dict[str, list[Path]]:
                 raise DatasetError(f"{f.path}: not an image file (expected {', '.join(EXTENSIONS)}); remove it")
             files.append(Path(f.path))
         if not files:
-            raise DatasetError(f"{entry.path}: class folder has no images")
+            raise DatasetError(f"{entry.path}: class folder has no images; add images ({', '.join(EXTENSIONS)}) "
+                               "or remove the folder")
         classes[entry.name] = files
     return classes
 
@@ -66,7 +67,8 @@ def load_image(path: Path, size: tuple[int, int], channels: int) -> tuple[np.nda
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"{path}: cannot read image ({exc})") from exc
+        raise DatasetError(f"{path}: cannot read image ({exc}); the file is corrupt or not an image: "
+                           "replace or remove it") from exc
     return arr.reshape(size[0], size[1], channels), hashlib.sha256(data).hexdigest()
 
 

@@ -1,0 +1,457 @@
+"""The local stack (infra/local/stack.sh) for real: nanio S3 + MLflow server + Prefect server and worker.
+
+One stack per module, on free ports with its own state dir and credentials file, serving a fresh copy of the
+project: `up` / `up` again / status / a port conflict; the pipeline against the MLflow server (model artifacts
+land in the S3 bucket, the client has no S3 keys); `dvc push` then `dvc pull` into a fresh clone; S3 killed
+before a push; MLflow or S3 down during `mlops register` (no version without artifacts); `down`.
+The tests run in file order and build on each other's state (pytest -x stops at the first failure).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers_project import make_project, tool_env
+from tests.helpers_s3 import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK = ROOT / "infra" / "local" / "stack.sh"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+MODEL = "stack-classifier"
+# the SMALL parameters of tests/integration/test_dvc_repro.py, with this module's model name
+PARAMS = {
+    "ingest": {"max_per_class": 100},
+    "train": {"width": 16, "epochs": 3, "batch_size": 32},
+    "compress": {"fine_tune_epochs": 1, "representative_samples": 50},
+    "evaluate": {"min_accuracy": 0.3, "per_class_floor": 0.0, "max_drop_vs_fp32": 0.1, "latency_runs": 5},
+    "register": {"model_name": MODEL, "experiment": "stack"},
+}
+SERVICES = ("mlflow", "prefect-server", "worker")
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(shutil.which("curl") is None or shutil.which("setsid") is None,
+                                 reason="stack.sh needs curl and setsid")]
+
+
+def _clean_env(extra: dict | None = None) -> dict:
+    """tool_env without any MLflow/Prefect/AWS/stack settings of the calling shell."""
+    drop = ("MLFLOW_", "PREFECT_", "AWS_", "NANIO_", "STACK_", "S3_PORT", "MLOPS_PROJECT_DIR")
+    env = {k: v for k, v in tool_env().items() if not k.startswith(drop)}
+    env.update(extra or {})
+    return env
+
+
+def _distinct_free_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def _port_free(port: int) -> bool:
+    """Nothing listens on the port and a server could bind it (SO_REUSEADDR, as servers do: connections the
+    stopped server closed may linger in TIME_WAIT without holding the port)."""
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            return False
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return False
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL a service's process group (a crash, not a shutdown) and wait until it is gone."""
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while not _group_gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _group_gone(pid)
+
+
+class Stack:
+    def __init__(self, base: Path, work: Path):
+        self.base, self.work = base, work
+        self.state = base / "state"
+        self.cred_file = base / "cred.env"
+        self.s3_port, self.mlflow_port, self.prefect_port = _distinct_free_ports(3)
+        self.env = _clean_env({
+            "STACK_DIR": str(self.state), "STACK_ENV_FILE": str(self.cred_file), "MLOPS_PROJECT_DIR": str(work),
+            "STACK_BIN": str(Path(sys.executable).parent),
+            "S3_PORT": str(self.s3_port), "MLFLOW_PORT": str(self.mlflow_port),
+            "PREFECT_PORT": str(self.prefect_port),
+            "PREFECT_UI_ENABLED": "false", "MLFLOW_WORKERS": "1",
+            # the deployments' cron schedules must not fire runs against the test workspace
+            "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+        })
+        self.outputs: list[str] = []  # everything the script printed: checked for the secret
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def s3_url(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def sh(self, *args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+        result = subprocess.run([str(STACK), *args], env={**self.env, **(env or {})}, capture_output=True,
+                                text=True, timeout=timeout)
+        self.outputs += [result.stdout, result.stderr]
+        return result
+
+    def up(self) -> tuple[subprocess.CompletedProcess, float]:
+        started = time.monotonic()
+        result = self.sh("up")
+        elapsed = time.monotonic() - started
+        assert result.returncode == 0, f"stack.sh up failed:\n{result.stdout}\n{result.stderr}\n{self.logs()}"
+        return result, elapsed
+
+    def logs(self) -> str:
+        out = []
+        for log in sorted((self.state / "logs").glob("*.log")):
+            out.append(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}")
+        return "\n".join(out)
+
+    def pid(self, name: str) -> int | None:
+        path = self.state / ("s3/nanio.pid" if name == "nanio" else f"run/{name}.pid")
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def pids(self) -> dict[str, int | None]:
+        return {name: self.pid(name) for name in ("nanio", *SERVICES)}
+
+    def credentials(self) -> tuple[str, str]:
+        values = dict(line.split("=", 1) for line in self.cred_file.read_text().splitlines()
+                      if "=" in line and not line.startswith("#"))
+        return values["NANIO_ACCESS_KEY"], values["NANIO_SECRET_KEY"]
+
+    def client_env(self) -> dict[str, str]:
+        """What `source <(stack.sh env)` gives a shell."""
+        names = ["MLFLOW_TRACKING_URI", "PREFECT_API_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"]
+        script = ('set -euo pipefail; source <("$0" env); "$1" -c '
+                  '"import json, os, sys; print(json.dumps({k: os.environ[k] for k in sys.argv[1:]}))" "${@:2}"')
+        result = subprocess.run(["bash", "-c", script, str(STACK), sys.executable, *names], env=self.env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def s3(self):
+        import boto3
+        from botocore.config import Config
+
+        key, secret = self.credentials()
+        return boto3.client("s3", endpoint_url=self.s3_url, aws_access_key_id=key, aws_secret_access_key=secret,
+                            region_name="us-east-1", config=Config(s3={"addressing_style": "path"},
+                                                                   retries={"max_attempts": 1}))
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+    def run(self, cmd: list[str], cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+        """A pipeline command as a user would run it: only the MLflow/Prefect client settings, no S3 keys."""
+        client = {"MLFLOW_TRACKING_URI": self.mlflow_url,
+                  "PREFECT_API_URL": f"http://127.0.0.1:{self.prefect_port}/api"}
+        return subprocess.run(cmd, cwd=cwd or self.work, env=_clean_env({**client, **(env or {})}),
+                              capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    base = tmp_path_factory.mktemp("stack")
+    stack = Stack(base, make_project(base, PARAMS))
+    try:
+        stack.first_up, stack.first_up_seconds = stack.up()
+        print(f"\n[stack] first up: {stack.first_up_seconds:.1f} s\n{stack.first_up.stdout}")
+        yield stack
+    finally:
+        stack.sh("down", timeout=120)
+        for pid in stack.pids().values():  # belt and braces: never leave a server behind
+            if pid and not _group_gone(pid):
+                os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack):
+    """`dvc repro` of the small pipeline in the stack's workspace, against the MLflow server (once)."""
+    if not FASHION_MNIST.is_dir():
+        pytest.skip("needs Debian package dataset-fashion-mnist (make dataset)")
+    started = time.monotonic()
+    result = stack.run(["dvc", "repro"])
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{stack.logs()}"
+    print(f"\n[stack] dvc repro against the stack: {time.monotonic() - started:.1f} s")
+    return json.loads((stack.work / "reports/registration.json").read_text())
+
+
+def _mlflow_client(stack):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=stack.mlflow_url, registry_uri=stack.mlflow_url)
+
+
+def _artifact_prefix(stack, model_source: str) -> str:
+    """'models:/m-…' → the S3 key prefix of that logged model in the mlflow-artifacts bucket."""
+    client = _mlflow_client(stack)
+    location = client.get_logged_model(model_source.removeprefix("models:/")).artifact_location
+    assert location.startswith("mlflow-artifacts:/"), location  # proxied: the client never saw S3
+    return location.removeprefix("mlflow-artifacts:/").strip("/") + "/"
+
+
+# ------------------------------------------------------------------------------------------------ up
+
+
+def test_up_starts_every_service_and_keeps_the_secret_private(stack):
+    out = stack.first_up.stdout
+    for line in ("S3: nanio running", "S3 buckets: dvc-store (created), mlflow-artifacts (created), models (created)",
+                 "MLflow server: running", "Prefect server: running", "Prefect worker: running",
+                 "deployments applied", "DVC remote 'store'", "stack up in"):
+        assert line in out, out
+    assert stack.cred_file.stat().st_mode & 0o777 == 0o600
+    key, secret = stack.credentials()
+
+    printed = stack.sh("env")
+    assert printed.returncode == 0, printed.stderr
+    lines = printed.stdout
+    assert f"export MLFLOW_TRACKING_URI={stack.mlflow_url}" in lines
+    assert f"export PREFECT_API_URL=http://127.0.0.1:{stack.prefect_port}/api" in lines
+    assert f"export AWS_ENDPOINT_URL={stack.s3_url}" in lines
+    assert f"export AWS_ACCESS_KEY_ID={key}" in lines
+    assert str(stack.cred_file) in next(line for line in lines.splitlines() if "AWS_SECRET_ACCESS_KEY" in line)
+    client = stack.client_env()
+    assert client["AWS_SECRET_ACCESS_KEY"] == secret and client["MLFLOW_TRACKING_URI"] == stack.mlflow_url
+
+    # DVC: the remote lives in the git-ignored .dvc/config.local of the workspace
+    local = (stack.work / ".dvc/config.local").read_text()
+    assert "url = s3://dvc-store/mlops-pipeline" in local and f"endpointurl = {stack.s3_url}" in local
+    assert (stack.work / ".dvc/config.local").stat().st_mode & 0o777 == 0o600
+    assert "/config.local" in (stack.work / ".dvc/.gitignore").read_text().split()
+    assert secret not in (stack.work / ".dvc/config").read_text()
+
+    # Prefect: the three deployments of prefect.yaml, a ready work pool
+    import urllib.request
+
+    api = f"http://127.0.0.1:{stack.prefect_port}/api"
+    request = urllib.request.Request(f"{api}/deployments/filter", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        deployments = json.loads(resp.read())
+    assert {d["name"] for d in deployments} == {"training", "monitor", "promotion"}
+    pull_dirs = {step["prefect.deployments.steps.set_working_directory"]["directory"]
+                 for d in deployments for step in d["pull_steps"]}
+    assert pull_dirs == {str(stack.work)}
+    with urllib.request.urlopen(f"{api}/work_pools/mlops-process", timeout=10) as resp:
+        assert json.loads(resp.read())["status"] == "READY"
+
+    assert all(secret not in text for text in stack.outputs), "the S3 secret was printed"
+
+
+def test_up_again_is_idempotent_and_status_reports_every_service(stack):
+    before = stack.pids()
+    assert all(before.values()), before
+    result, elapsed = stack.up()
+    print(f"\n[stack] second up: {elapsed:.1f} s")
+    assert result.stdout.count("already running") == 3, result.stdout
+    assert "already applied" in result.stdout and "(created)" not in result.stdout
+    assert stack.pids() == before
+    assert elapsed < 30, f"a second up took {elapsed:.1f} s"
+    status = stack.sh("status")
+    assert status.returncode == 0, status.stdout
+    assert status.stdout.count(": running") == 4, status.stdout
+    moved = stack.sh("up", env={"MLFLOW_PORT": str(_distinct_free_ports(1)[0])})
+    assert moved.returncode != 0 and f"runs with MLFLOW_PORT={stack.mlflow_port}" in moved.stderr, moved.stderr
+    assert stack.pids() == before
+
+
+def test_a_port_in_use_is_named_and_nothing_is_started(stack, tmp_path):
+    other = tmp_path / "other-stack"
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        busy = blocker.getsockname()[1]
+        free = _distinct_free_ports(1)[0]
+        # MLflow's port is held by a plain socket, S3's by the running stack (not this state dir's process)
+        result = stack.sh("up", env={"STACK_DIR": str(other), "MLFLOW_PORT": str(busy),
+                                     "S3_PORT": str(stack.s3_port), "PREFECT_PORT": str(free)})
+    assert result.returncode != 0
+    assert f"port {busy} (MLflow, MLFLOW_PORT) on 127.0.0.1 is already in use" in result.stderr, result.stderr
+    assert f"port {stack.s3_port} (S3, S3_PORT)" in result.stderr, result.stderr
+    assert "nothing was started" in result.stderr
+    assert not list(other.glob("run/*.pid")) and not (other / "s3").exists()
+    assert _port_free(free)
+
+
+# ------------------------------------------------------------------------------------------------ pipeline
+
+
+def test_the_pipeline_registers_through_the_server_with_artifacts_in_s3(stack, pipeline):
+    assert pipeline["model_name"] == MODEL and pipeline["alias"] == "challenger"
+    client = _mlflow_client(stack)
+    version = client.get_model_version(MODEL, str(pipeline["version"]))
+    prefix = _artifact_prefix(stack, version.source)
+    model_keys = stack.keys("mlflow-artifacts", prefix)
+    names = {key[len(prefix):] for key in model_keys}
+    assert "MLmodel" in names and "artifacts/labels.json" in names, names
+    assert any(n.startswith("artifacts/") and n.endswith(".tflite") for n in names), names
+    run_keys = stack.keys("mlflow-artifacts", f"{pipeline['experiment_id']}/{pipeline['run_id']}/artifacts/")
+    assert any(k.endswith("lineage/dvc.lock") for k in run_keys), run_keys
+    assert not (stack.work / "mlflow").exists(), "the client wrote an embedded store instead of using the server"
+    listing = stack.keys("mlflow-artifacts")
+    print(f"\n[stack] s3://mlflow-artifacts ({len(listing)} objects):\n  " + "\n  ".join(listing))
+
+
+def test_dvc_push_then_pull_into_a_fresh_clone_restores_data_and_models(stack, pipeline, tmp_path):
+    work = stack.work
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"]):
+        subprocess.run(cmd, cwd=work, check=True, capture_output=True)
+    started = time.monotonic()
+    pushed = stack.run(["dvc", "push"])
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    print(f"\n[stack] dvc push: {time.monotonic() - started:.1f} s: {pushed.stdout.strip().splitlines()[-1:]}")
+    assert stack.keys("dvc-store", "mlops-pipeline/files/md5/")
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(work), str(clone)], check=True, capture_output=True)
+    assert not (clone / "data/ingested").exists() and not (clone / "models/model.keras").exists()
+    remote = stack.sh("remote", str(clone))
+    assert remote.returncode == 0, remote.stderr
+    started = time.monotonic()
+    pulled = stack.run(["dvc", "pull"], cwd=clone)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    print(f"[stack] dvc pull into a fresh clone: {time.monotonic() - started:.1f} s")
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    restored = [p.relative_to(work) for d in ("data/ingested", "data/prepared", "models") for p in (work / d).rglob("*")
+                if p.is_file()]
+    assert any(str(p).startswith("data/ingested/") for p in restored)
+    assert Path("models/model.keras") in restored
+    for rel in restored:
+        assert (clone / rel).is_file(), f"{rel} not restored"
+        assert digest(clone / rel) == digest(work / rel), f"{rel} differs"
+    print(f"[stack] restored {len(restored)} files byte-identical: " + ", ".join(sorted(map(str, restored))))
+
+
+def test_a_push_while_s3_is_down_fails_clearly_and_completes_after_restart(stack, pipeline):
+    extra = stack.work / "data/extra.bin"
+    extra.write_bytes(os.urandom(256 * 1024))
+    added = stack.run(["dvc", "add", "data/extra.bin"])
+    assert added.returncode == 0, added.stderr
+    others = {name: stack.pid(name) for name in SERVICES}
+
+    _kill_group(stack.pid("nanio"))
+    started = time.monotonic()
+    failed = stack.run(["dvc", "push"], timeout=180)
+    elapsed = time.monotonic() - started
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0, output
+    assert f"127.0.0.1:{stack.s3_port}" in output and "Could not connect" in output, output[-2000:]
+    assert elapsed < 90, f"a push against a dead S3 took {elapsed:.0f} s to fail"
+    status = stack.sh("status")
+    assert status.returncode == 3 and "S3: stopped" in status.stdout
+
+    stack.up()  # restarts only what is missing
+    assert {name: stack.pid(name) for name in SERVICES} == others
+    pushed = stack.run(["dvc", "push"])
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert "1 file pushed" in pushed.stdout, pushed.stdout
+    in_sync = stack.run(["dvc", "status", "--cloud"])
+    assert in_sync.returncode == 0 and "in sync" in in_sync.stdout, in_sync.stdout
+
+
+def test_register_fails_clearly_when_mlflow_or_s3_is_down_and_no_version_lacks_artifacts(stack, pipeline):
+    client = _mlflow_client(stack)
+    versions = {v.version for v in client.search_model_versions(f"name='{MODEL}'")}
+    fail_fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # default: 7 retries with backoff, >4 min to fail
+    out = stack.work / "reports/registration-fault.json"
+
+    # 1. the MLflow server is gone: the first call fails, naming the server
+    _kill_group(stack.pid("mlflow"))
+    started = time.monotonic()
+    failed = stack.run(["mlops", "register", "--out", str(out)], env=fail_fast, timeout=300)
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0
+    assert f"127.0.0.1:{stack.mlflow_port}" in output, output[-2000:]
+    assert "Connection refused" in output or "not reachable" in output, output[-2000:]
+    assert not out.exists()
+    print(f"\n[stack] mlops register with MLflow down failed after {time.monotonic() - started:.1f} s")
+
+    # 2. MLflow is back but its artifact store (S3) is down: the run fails before a version is created.
+    #    (One retry: with none, a keep-alive connection the server dropped after its 500 also fails the final
+    #    end_run(FAILED) call and leaves the run RUNNING.)
+    stack.up()
+    _kill_group(stack.pid("nanio"))
+    started = time.monotonic()
+    failed = stack.run(["mlops", "register", "--out", str(out)], timeout=300,
+                       env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"})
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0, output[-2000:]
+    assert not out.exists()
+    print(f"[stack] mlops register with S3 down behind MLflow failed after {time.monotonic() - started:.1f} s: "
+          f"{output.strip().splitlines()[-1][:300]}")
+    stack.up()
+
+    assert {v.version for v in client.search_model_versions(f"name='{MODEL}'")} == versions
+    for version in client.search_model_versions(f"name='{MODEL}'"):  # every version has its files in S3
+        assert "MLmodel" in {k.rsplit("/", 1)[-1] for k in stack.keys("mlflow-artifacts",
+                                                                           _artifact_prefix(stack, version.source))}
+    runs = client.search_runs([pipeline["experiment_id"]], order_by=["attributes.start_time DESC"])
+    print("[stack] runs:", [(r.info.run_id[:8], r.info.status, r.data.tags.get("registered_version")) for r in runs])
+    assert runs and runs[0].info.status == "FAILED", "the interrupted run is marked FAILED"
+
+
+# ------------------------------------------------------------------------------------------------ down
+
+
+def test_down_stops_everything_it_started_and_nothing_else(stack):
+    bystander = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        groups = stack.pids()
+        assert all(groups.values()), groups
+        started = time.monotonic()
+        result = stack.sh("down", timeout=120)
+        print(f"\n[stack] down: {time.monotonic() - started:.1f} s\n{result.stdout}")
+        assert result.returncode == 0, result.stderr
+        for name, pgid in groups.items():
+            assert _group_gone(pgid), f"{name} (process group {pgid}) still alive"
+        for port in (stack.s3_port, stack.mlflow_port, stack.prefect_port):
+            assert _port_free(port), f"port {port} still taken"
+        assert bystander.poll() is None, "down stopped a process it did not start"
+        status = stack.sh("status")
+        assert status.returncode == 3 and status.stdout.count(": stopped") == 4, status.stdout
+        again = stack.sh("down")
+        assert again.returncode == 0 and "not running" in again.stdout
+    finally:
+        bystander.kill()
+        bystander.wait()

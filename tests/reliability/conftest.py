@@ -1,0 +1,56 @@
+"""Reliability tier: shared tally of what was tried and what held, printed at the end of the run.
+
+Each test adds to `tally` (bad inputs tried/caught, faults injected/survived, requests served/errors, latency);
+`pytest_terminal_summary` prints the figures, so `pytest tests/reliability -q` ends with the numbers for the README.
+"""
+
+from __future__ import annotations
+
+
+import pytest
+
+from tests.reliability.common import build_template
+
+_TALLY = pytest.StashKey[dict]()
+
+_LABELS = [
+    ("bad_inputs_tried", "bad inputs tried"),
+    ("bad_inputs_caught", "bad inputs caught with a clear error (or accepted, where valid)"),
+    ("faults_injected", "faults injected"),
+    ("faults_survived", "faults survived (recovered or failed clearly, nothing lost)"),
+    ("requests_sent", "requests sent under load"),
+    ("requests_served", "requests answered as expected"),
+    ("request_errors", "request errors"),
+    ("malformed_rejected", "malformed requests rejected with 4xx"),
+    ("load_seconds", "load test wall time (s)"),
+    ("requests_per_second", "throughput (requests/s)"),
+    ("p50_ms", "good-request latency p50 (ms)"),
+    ("p99_ms", "good-request latency p99 (ms)"),
+    ("versions_seen", "served versions during the champion change"),
+]
+
+
+def pytest_configure(config):
+    config.stash[_TALLY] = {}
+
+
+@pytest.fixture(scope="session")
+def tally(pytestconfig) -> dict:
+    """A dict the tests add their counts to (printed in the terminal summary)."""
+    return pytestconfig.stash[_TALLY]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    figures = config.stash.get(_TALLY, {})
+    if not figures:
+        return
+    terminalreporter.write_sep("-", "reliability figures")
+    for key, label in _LABELS:
+        if key in figures:
+            terminalreporter.write_line(f"{label}: {figures[key]}")
+
+
+@pytest.fixture(scope="session")
+def template(tmp_path_factory):
+    """Stage outputs the register stage reads (tiny real Keras model + .tflite), built once per session."""
+    return build_template(tmp_path_factory.mktemp("template"))

@@ -1,0 +1,427 @@
+"""Faults injected into real runs: each one recovers or fails clearly; nothing is lost, nothing half-promoted.
+
+* `kill -9` of `mlops train` mid-epoch → the next run resumes from the BackupAndRestore checkpoint (also when the
+  kill tore the checkpoint file being written) and ends where an uninterrupted run ends;
+* `kill -9` of `mlops compress` → models/compressed is still the previous complete output; a rerun completes;
+* `kill -9` of `mlops register` while logging → no model version without its files; a rerun completes;
+* the S3 server stops during a publish → clear StageError, the live pointer still valid, a retry completes;
+* the MLflow server is down → register / promote fail at the first call, quickly, clearly, having written nothing;
+* two training flows on one workspace → the second refuses (WorkspaceBusy), dvc.lock and params.yaml untouched.
+
+Not covered here: killing a Prefect *worker* mid-run (server + deployments + worker need > 90 s on 2 cores);
+tests/e2e runs that stack.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import io
+from tests.helpers import write_ingested
+from tests.model.test_model_stages import _patterns
+from tests.reliability.common import (ROOT, bump, cli, kill_group, make_register_workspace, snapshot, start,
+                                      subprocess_env, temp_leftovers, wait_for, write_yaml)
+
+pytestmark = pytest.mark.integration
+
+EPOCHS = 6
+PARAMS = {
+    "seed": 0,
+    # 3,000 16x16 images, batch 32: ~0.7 s per epoch on 2 cores, far longer than the 20 ms kill poll.
+    "train": {"model": "fast_net", "width": 8, "epochs": EPOCHS, "batch_size": 32, "learning_rate": 0.01,
+              "augment": {"flip": False, "translate": 0.0}},
+    "compress": {"target_sparsity": 0.5, "fine_tune_epochs": 1, "pruning_frequency": 2, "representative_samples": 20},
+}
+CLASSES = ["left", "middle", "right"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    from pipeline import preprocess
+    from pipeline.config import PreprocessConfig
+
+    root = tmp_path_factory.mktemp("faults-data")
+    write_ingested(root / "ingested", {"train": _patterns(1000, 1), "val": _patterns(30, 2),
+                                       "test": _patterns(20, 3), "stream": _patterns(5, 4)}, CLASSES)
+    preprocess.run(PreprocessConfig(channels=1), root / "ingested", root / "prepared")
+    write_yaml(root / "params.yaml", PARAMS)
+    return root
+
+
+def _reference_run(prepared: Path) -> dict:
+    """The uninterrupted run (same data, params and seed), in-process; its model feeds the compress test."""
+    from pipeline import train
+    from pipeline.config import TrainConfig
+
+    out = prepared / "reference"
+    metrics = train.run(TrainConfig(**PARAMS["train"]), PARAMS["seed"], prepared / "prepared", out / "model.keras",
+                        out / "train.json", out / "plots", out / "backup")
+    return {"metrics": metrics, "model": out / "model.keras"}
+
+
+def _train_cmd(prepared: Path, work: Path) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", "train", "--params", str(prepared / "params.yaml"),
+            "--data", str(prepared / "prepared"), "--model", str(work / "model.keras"),
+            "--metrics", str(work / "train.json"), "--plots", str(work / "plots"), "--backup", str(work / "backup")]
+
+
+def _checkpoint_epoch(work: Path) -> int:
+    """Epochs completed according to the BackupAndRestore metadata (0 while none / while being written)."""
+    try:
+        return int(json.loads((work / "backup" / "state" / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _history_epochs(path: Path) -> list[int]:
+    with open(path) as fh:
+        return [int(row["epoch"]) for row in csv.DictReader(fh)]
+
+
+@pytest.fixture(scope="module")
+def training_runs(prepared, tmp_path_factory) -> dict:
+    """`mlops train` killed with SIGKILL in its 3rd epoch (after the 2nd epoch's checkpoint was written) while the
+    uninterrupted reference trains in-process; then two resumed runs, concurrently, from copies of what the killed
+    process left on disk: as is, and with the checkpoint file torn as by a kill during its write."""
+    work = tmp_path_factory.mktemp("killed-train")
+    log = work / "killed.log"
+    proc = start(_train_cmd(prepared, work), work, subprocess_env(), log)
+    killer_error: list[BaseException] = []
+
+    def kill_after_second_epoch() -> None:
+        try:
+            wait_for(lambda: _checkpoint_epoch(work) >= 2, 240, "the 2nd epoch's checkpoint", proc=proc, log=log)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            killer_error.append(exc)
+        finally:
+            kill_group(proc)  # kill -9, mid-epoch 3
+
+    killer = threading.Thread(target=kill_after_second_epoch)
+    killer.start()
+    try:
+        reference = _reference_run(prepared)
+    finally:
+        killer.join(300)
+    if killer_error:
+        raise killer_error[0]
+    completed = _checkpoint_epoch(work)
+    assert 2 <= completed < EPOCHS, f"the kill did not land mid-run (checkpoint after epoch {completed})"
+    assert not (work / "model.keras").exists() and not (work / "train.json").exists(), "half-written outputs"
+    rows = _history_epochs(work / "backup" / "history.csv")  # the CSV row is written just before the checkpoint
+    assert rows in (list(range(completed)), list(range(completed + 1))), rows
+
+    def tear(state: Path) -> None:  # weights torn mid-write; the metadata not yet updated (written after them)
+        weights = state / "latest.weights.h5"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+        shutil.copy(state / "training_metadata.json.bkp", state / "training_metadata.json")
+
+    runs = {}
+    for kind, damage in (("resumed", None), ("torn", tear)):
+        run_dir = tmp_path_factory.mktemp(kind)
+        shutil.copytree(work / "backup", run_dir / "backup")  # the state the killed process left on disk
+        if damage:
+            damage(run_dir / "backup" / "state")
+        runs[kind] = (run_dir, subprocess.Popen(_train_cmd(prepared, run_dir), cwd=run_dir, env=subprocess_env(),
+                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                                start_new_session=True))
+    results = {}
+    for kind, (run_dir, resumed) in runs.items():
+        try:
+            output, _ = resumed.communicate(timeout=300)
+        finally:
+            kill_group(resumed)
+        results[kind] = (run_dir, resumed.returncode, output)
+    return {"reference": reference, "completed": completed, **results}
+
+
+@pytest.fixture(scope="module")
+def reference(training_runs) -> dict:
+    return training_runs["reference"]
+
+
+def _assert_resumed(run: tuple, reference: dict, first_epoch: int) -> dict:
+    work, returncode, output = run
+    assert returncode == 0, output[-3000:]
+    metrics = io.read_json(work / "train.json")
+    assert metrics["resumed"] is True
+    assert metrics["epochs_run_this_process"] == EPOCHS - first_epoch, metrics  # epochs continue, none repeated
+    assert _history_epochs(work / "plots" / "history.csv") == list(range(EPOCHS)), "each epoch exactly once"
+    assert abs(metrics["val_accuracy"] - reference["metrics"]["val_accuracy"]) <= 0.05, (metrics, reference)
+    assert not (work / "backup").exists(), "the checkpoint is removed once the run completed"
+    return metrics
+
+
+def test_training_killed_mid_epoch_resumes_and_matches_an_uninterrupted_run(training_runs, tally):
+    bump(tally, "faults_injected")
+    _assert_resumed(training_runs["resumed"], training_runs["reference"], first_epoch=training_runs["completed"])
+    bump(tally, "faults_survived")
+
+
+def test_training_killed_while_writing_its_checkpoint_falls_back_to_the_previous_one(training_runs, tally):
+    """A kill during the checkpoint write leaves a torn weights file and the previous metadata on disk: the run
+    resumes from the checkpoint before it (repeating one epoch, recorded once)."""
+    bump(tally, "faults_injected")
+    _assert_resumed(training_runs["torn"], training_runs["reference"], first_epoch=training_runs["completed"] - 1)
+    bump(tally, "faults_survived")
+
+
+# --------------------------------------------------------------------------------------------- compress
+
+
+class _Output(threading.Thread):
+    """Reads a process's output line by line (to a log) and signals when a line contains `marker`."""
+
+    def __init__(self, proc: subprocess.Popen, log: Path, marker: str):
+        super().__init__(daemon=True)
+        self.proc, self.log, self.marker, self.seen = proc, log, marker, threading.Event()
+
+    def run(self) -> None:
+        with open(self.log, "w") as out:
+            for line in self.proc.stdout:
+                out.write(line)
+                out.flush()
+                if self.marker in line:
+                    self.seen.set()
+
+
+def test_compress_killed_mid_run_leaves_the_previous_output_and_reruns(prepared, reference, tmp_path, tally):
+    from pipeline import compress
+    from pipeline.config import CompressConfig
+
+    bump(tally, "faults_injected")
+    out, metrics = tmp_path / "models" / "compressed", tmp_path / "metrics" / "compress.json"
+    # the previous complete output (a cheap configuration: no pruning)
+    compress.run(CompressConfig(target_sparsity=0.0, fine_tune_epochs=0, representative_samples=10), 0,
+                 prepared / "prepared", reference["model"], out, tmp_path / "previous.json")
+    previous = snapshot(out)
+    assert set(previous) == {"pruned.keras", *(f"{v}.tflite" for v in compress.VARIANTS)}
+    cmd = [sys.executable, "-m", "pipeline.cli", "compress", "--params", str(prepared / "params.yaml"),
+           "--data", str(prepared / "prepared"), "--model", str(reference["model"]), "--out", str(out),
+           "--metrics", str(metrics)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    reader = _Output(proc, tmp_path / "killed.log", "converted fp16")
+    reader.start()
+    try:
+        assert reader.seen.wait(240), (tmp_path / "killed.log").read_text()[-3000:]
+    finally:
+        kill_group(proc)  # kill -9 with pruned.keras, fp32 and fp16 written to the temp dir
+    reader.join(10)
+    assert snapshot(out) == previous, "models/compressed must still be the previous complete output"
+    assert temp_leftovers(out), "the killed run wrote into a temp dir beside it"
+    assert not metrics.exists()
+
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    result = io.read_json(metrics)
+    for variant, info in result["variants"].items():
+        assert io.sha256_file(out / f"{variant}.tflite") == info["sha256"]
+    assert result["pruning"]["achieved_sparsity"] > 0.4 and snapshot(out) != previous
+    assert not temp_leftovers(out), "the rerun cleans up what the killed writer left"
+    bump(tally, "faults_survived")
+
+
+# --------------------------------------------------------------------------------------------- register
+
+
+def _registry(work: Path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{work / 'mlflow' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_register_killed_while_logging_leaves_no_version_without_files(template, tmp_path, monkeypatch, tally):
+    import mlflow
+
+    from pipeline import registry
+
+    bump(tally, "faults_injected")
+    name = "faults-register"
+    work = make_register_workspace(tmp_path / "ws", template, name)
+    cmd = [sys.executable, "-m", "pipeline.cli", "register"]
+    log = tmp_path / "killed.log"
+    proc = start(cmd, work, subprocess_env(), log)  # embedded store: ws/mlflow/mlflow.db + ws/mlflow/artifacts
+    artifacts = work / "mlflow" / "artifacts"
+    try:
+        wait_for(lambda: artifacts.is_dir() and any(artifacts.rglob("MLmodel")), 240,
+                 "the first logged model's files", interval=0.05, proc=proc, log=log)
+    finally:
+        kill_group(proc)  # kill -9 while the run logs its models
+    client = _registry(work)
+    half = client.search_model_versions(f"name='{name}'")
+    assert not (work / "reports" / "registration.json").exists()
+
+    rerun = subprocess.run(cmd, cwd=work, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    record = io.read_json(work / "reports" / "registration.json")
+    assert record["alias"] == "challenger"
+    versions = client.search_model_versions(f"name='{name}'")
+    assert len(versions) == len(half) + 1
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow' / 'mlflow.db'}")
+    registry.client()  # tracking *and* registry URI (an earlier test may have set another registry URI)
+    for mv in versions:  # every version in the registry has all of its files
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}",
+                                                         dst_path=str(tmp_path / f"v{mv.version}")))
+        assert (local / "MLmodel").is_file() and list(local.rglob("*.tflite")) and list(local.rglob("labels.json"))
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == str(record["version"])
+    killed_runs = [r for r in client.search_runs([record["experiment_id"]]) if r.info.run_id != record["run_id"]]
+    assert killed_runs and all("registered_version" not in r.data.tags for r in killed_runs)
+    bump(tally, "faults_survived")
+
+
+# --------------------------------------------------------------------------------------------- S3 server
+
+
+def test_s3_server_stopped_during_publish_keeps_the_live_release(tmp_path, template, monkeypatch, tally):
+    from pipeline import deploy
+    from pipeline.config import DeployConfig
+    from pipeline.errors import StageError
+    from tests.helpers_s3 import start_s3_server
+
+    bump(tally, "faults_injected")
+
+    def use(server) -> None:
+        endpoint, key, secret, _ = server
+        for var, value in (("AWS_ACCESS_KEY_ID", key), ("AWS_SECRET_ACCESS_KEY", secret),
+                           ("AWS_ENDPOINT_URL", endpoint), ("AWS_DEFAULT_REGION", "us-east-1")):
+            monkeypatch.setenv(var, value)
+
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    server = start_s3_server(tmp_path / "s3")
+    stops = [server[3]]
+    try:
+        use(server)
+        cfg, name, classes = DeployConfig(bucket="faults", prefix="models"), "m", ["cat", "dog", "bird"]
+        deploy.publish(cfg, name, "1", template / "v1.tflite", classes, {}, {})
+
+        s3 = deploy.s3_client(cfg)
+
+        def stop_server(request, **_):  # the server goes away after model.tflite of v2 was uploaded
+            if request.url.endswith("/releases/v2/labels.json"):
+                stops[0]()
+
+        s3.meta.events.register("before-send.s3.PutObject", stop_server)
+        started = time.monotonic()
+        with pytest.raises(StageError) as err:
+            deploy.publish(cfg, name, "2", template / "v2.tflite", classes, {}, {}, s3=s3)
+        assert "cannot reach the endpoint" in str(err.value) and "publish of m v2" in str(err.value)
+        assert "S3 server running" in str(err.value) and time.monotonic() - started < 60
+
+        server = start_s3_server(tmp_path / "s3")  # same data directory, new port and credentials
+        stops.append(server[3])
+        use(server)
+        pointer = deploy.read_pointer(cfg, name)
+        assert pointer["version"] == "1"
+        path, manifest = deploy.fetch_current(cfg, name, tmp_path / "live")  # sha256-verified
+        assert manifest["version"] == "1" and path.read_bytes() == (template / "v1.tflite").read_bytes()
+        keys = [o["Key"] for o in deploy.s3_client(cfg).list_objects_v2(Bucket=cfg.bucket)["Contents"]]
+        assert f"models/{name}/releases/v2/manifest.json" not in keys, "the interrupted release never completed"
+
+        deploy.publish(cfg, name, "2", template / "v2.tflite", classes, {}, {})  # the retry
+        path, manifest = deploy.fetch_current(cfg, name, tmp_path / "live")
+        assert manifest["version"] == "2" and path.read_bytes() == (template / "v2.tflite").read_bytes()
+        assert json.loads(deploy.s3_client(cfg).get_object(
+            Bucket=cfg.bucket, Key=deploy.previous_key(cfg, name))["Body"].read())["version"] == "1"
+    finally:
+        for stop in stops:
+            stop()
+    bump(tally, "faults_survived")
+
+
+# --------------------------------------------------------------------------------------------- MLflow server
+
+
+@pytest.mark.parametrize("command", [["register"], ["promote", "--approve", "--by", "ops", "--reason", "drill"]],
+                         ids=["register", "promote"])
+def test_mlflow_server_down_fails_fast_and_clearly(command, template, tmp_path, monkeypatch, tally):
+    from tests.helpers_s3 import free_port
+
+    bump(tally, "faults_injected")
+    work = make_register_workspace(tmp_path / "ws", template, "faults-mlflow-down")
+    monkeypatch.chdir(work)
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    before = snapshot(work)
+
+    started = time.monotonic()
+    code, output = cli(*command)
+    elapsed = time.monotonic() - started
+
+    assert code == 2, output
+    assert uri in output and "MLFLOW_TRACKING_URI" in output and "Traceback" not in output, output
+    assert "cannot reach the MLflow tracking server" in output
+    assert elapsed < 20, f"took {elapsed:.1f}s to fail"
+    assert snapshot(work) == before, "nothing may be written (no record, no fallback to a local store)"
+    bump(tally, "faults_survived")
+
+
+# --------------------------------------------------------------------------------------------- one workspace, two flows
+
+DVC_LOCK = """schema: '2.0'
+stages:
+  ingest:
+    cmd: mlops ingest --out data/ingested
+    deps:
+    - path: pipeline/ingest.py
+      hash: md5
+      md5: 5f6c2a4d0d8b0b1f9d4b0f7f2e3c1a90
+      size: 10578
+    outs:
+    - path: data/ingested
+      hash: md5
+      md5: 0b1f9d4b0f7f2e3c1a905f6c2a4d0d8b.dir
+      size: 1048576
+      nfiles: 5
+"""
+
+
+def test_second_training_flow_on_a_busy_workspace_refuses_and_leaves_dvc_lock(tmp_path, tally):
+    bump(tally, "faults_injected")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "dvc.lock").write_text(DVC_LOCK)
+    shutil.copy(ROOT / "params.yaml", ws / "params.yaml")
+    before = {name: (ws / name).read_bytes() for name in ("dvc.lock", "params.yaml")}
+    env = subprocess_env({"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                          "PREFECT_UI_ENABLED": "false"})
+    holder = subprocess.Popen(  # the first flow, mid-run: holds the workspace lock as training_flow does
+        [sys.executable, "-c", "import sys; from flows.common import workspace_lock\n"
+                               "with workspace_lock(sys.argv[1]):\n    print('locked', flush=True); sys.stdin.read()",
+         str(ws)], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = subprocess.run(
+            [sys.executable, "-c", "import sys; from flows.training import training_flow\n"
+                                   "training_flow(project_dir=sys.argv[1], wait_for_workspace_s=0, "
+                                   "overrides={'train.epochs': 1})", str(ws)],
+            cwd=ws, env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    output = second.stdout + second.stderr
+    assert second.returncode != 0, output[-3000:]
+    assert "WorkspaceBusy" in output and f"workspace busy (pid {holder.pid})" in output, output[-3000:]
+    assert "wait for it or use another clone" in output
+    assert "Finished in state Failed" in output, output[-3000:]
+    after = {name: (ws / name).read_bytes() for name in before}
+    assert after == before, "the refused flow must not touch dvc.lock or apply its params overrides"
+    assert yaml.safe_load(after["dvc.lock"])["stages"]["ingest"]["outs"][0]["path"] == "data/ingested"
+    bump(tally, "faults_survived")
