@@ -31,6 +31,9 @@ def client():
     import mlflow
     from mlflow import MlflowClient
 
+    # fail within seconds, not minutes, when a tracking server is down (MLflow retries 7 times by default)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
