@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--throughput-epochs", type=int, default=3)
     ap.add_argument("--fast-epochs", type=int, nargs="*", default=[3, 6, 14])
     ap.add_argument("--seed-epochs", type=int, nargs="*", default=[4, 10, 20])
+    ap.add_argument("--skip-curves", action="store_true", help="keep the accuracy curves of the last results.json")
     args = ap.parse_args()
     from pipeline import io
 
@@ -86,6 +87,9 @@ def main() -> None:
     ours_ips = len(x) / float(np.median(ours["epoch_seconds"][1:] or ours["epoch_seconds"]))
 
     curves = {}
+    if args.skip_curves:
+        curves = json.loads((ROOT / "bench/results.json").read_text())["training"]["accuracy_at_budget"]
+        args.seed_epochs = args.fast_epochs = []
     for model, budgets in (("seed_cnn", args.seed_epochs), ("fast_net", args.fast_epochs)):
         points = []
         for epochs in budgets:
@@ -93,7 +97,7 @@ def main() -> None:
             m = stage(prepared, work / f"{model}-{epochs}", model=model, epochs=epochs, **extra)
             points.append({"epochs": epochs, "seconds": m["fit_seconds"], "val_accuracy": round(m["val_accuracy"], 4)})
             print(model, points[-1], flush=True)
-        curves[model] = points
+        curves.setdefault(model, points)
     plot(curves, ROOT / "bench" / "accuracy_vs_time.png")
     save("training", {
         "bare_keras_images_per_second": round(bare["images_per_second"], 1),

@@ -62,6 +62,21 @@ def _callbacks(keras, backup_dir: Path, history_csv: Path, epoch_times: list[flo
     ]
 
 
+IN_MEMORY_BYTES = 1_500_000_000  # float32 copy of train+val that may live in memory
+
+
+def _fit_inputs(keras, train_data, val_data, x, y, x_val, y_val, num_classes: int, batch_size: int,
+                multi_worker: bool) -> dict:
+    """fit() inputs: float32 arrays when they fit in memory (Keras' own prefetching path, ~10 % faster on CPU
+    than a Python PyDataset for small models); otherwise the streaming PyDataset. Multi-worker keeps the
+    PyDataset (its batches build the model, see _build_for_multi_worker)."""
+    if multi_worker or (x.size + x_val.size) * 4 > IN_MEMORY_BYTES:
+        return {"x": train_data, "validation_data": val_data}
+    eye = np.eye(num_classes, dtype="float32")
+    return {"x": x.astype("float32"), "y": eye[y.astype(np.int64)], "batch_size": batch_size, "shuffle": True,
+            "validation_data": (x_val.astype("float32"), eye[y_val.astype(np.int64)]), "validation_batch_size": 512}
+
+
 def _build_for_multi_worker(model, batch) -> None:
     """Work around keras-team/keras#20585 (Keras 3 + MultiWorkerMirroredStrategy).
 
@@ -171,6 +186,8 @@ def run(cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_p
 
     train_data = make_batches(keras, x_train, y_train, num_classes, cfg.batch_size, True, seed)
     val_data = make_batches(keras, x_val, y_val, num_classes, 512, False, seed)
+    fit_inputs = _fit_inputs(keras, train_data, val_data, x_train, y_train, x_val, y_val, num_classes,
+                             cfg.batch_size, multi_worker=runtime.worker_task() is not None)
     scope, strategy = runtime.distribution_scope()
     steps = cfg.epochs * -(-len(x_train) // cfg.batch_size)
     with scope:
@@ -189,7 +206,7 @@ def run(cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_p
 
     epoch_times: list[float] = []
     started = time.perf_counter()
-    model.fit(train_data, validation_data=val_data, epochs=cfg.epochs,
+    model.fit(**fit_inputs, epochs=cfg.epochs,
               callbacks=_callbacks(keras, backup_dir, history_csv, epoch_times),
               verbose=1 if sys.stdout.isatty() else 2)
     wall = time.perf_counter() - started
