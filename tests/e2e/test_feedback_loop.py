@@ -1,4 +1,5 @@
-"""End to end, on real services started here: Prefect server + process worker, S3 (nanio), MLflow (sqlite).
+"""End to end on the project's local stack (infra/local/stack.sh): Prefect server + process worker, S3 (nanio),
+MLflow tracking server with artifacts in S3.
 
 clean batch → no retrain; drifted batches → retrain → challenger → approval through Prefect's input API →
 champion moves (audited) → S3 release published → the server answers with the new version;
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers_project import make_project, run, tool_env
-from tests.helpers_s3 import free_port, start_s3_server
+from tests.helpers_s3 import free_port
+from tests.helpers_stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e,
               pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
@@ -34,7 +36,7 @@ PARAMS = {
     "register": {"model_name": MODEL, "experiment": "e2e"},
     "monitor": {"batch_size": 120, "consecutive_batches": 2, "cooldown_minutes": 0, "psi_threshold": 0.5,
                 "max_accuracy_drop": 0.25},
-    "deploy": {"bucket": "e2e-models", "reload_seconds": 1},
+    "deploy": {"bucket": "models", "reload_seconds": 1},
 }
 
 
@@ -68,43 +70,35 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture
 def stack(tmp_path, monkeypatch):
-    """S3 server, Prefect server, deployments from prefect.yaml, and a process worker — all real, all local."""
-    endpoint, key, secret, stop_s3 = start_s3_server(tmp_path / "s3")
-    work = make_project(tmp_path, {**PARAMS, "deploy": {**PARAMS["deploy"], "endpoint_url": endpoint}})
-    api_port = free_port()
-    env = {
-        "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{api_port}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_WORKER_QUERY_SECONDS": "2",
-        "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow' / 'mlflow.db'}", "MLOPS_PROJECT_DIR": str(work),
-    }
-    (work / "mlflow").mkdir()
+    """The project's local stack (infra/local/stack.sh): nanio S3, MLflow server with artifacts proxied to S3,
+    Prefect server, the deployments of prefect.yaml and a process worker — serving a fresh project copy."""
+    work = make_project(tmp_path, PARAMS)
+    services = Stack(tmp_path / "stack", work, extra_env={
+        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "true", "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        "PREFECT_WORKER_QUERY_SECONDS": "2"})
     logs = tmp_path / "logs"
     logs.mkdir()
     procs = []
-
-    def start(name, cmd):
-        proc = subprocess.Popen(cmd, cwd=work, env=tool_env(env), stdout=open(logs / f"{name}.log", "w"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
-        return proc
-
     try:
-        start("prefect-server", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(api_port)])
-        _wait(lambda: _get_json(f"{env['PREFECT_API_URL']}/health") is True, 120, "the Prefect server")
-        run(["prefect", "work-pool", "create", "mlops-process", "--type", "process"], work, env)
-        run(["prefect", "--no-prompt", "deploy", "--all"], work, env)
+        services.up()
+        env = {**services.client_env(), "MLOPS_PROJECT_DIR": str(work)}
         for name in ("training/training", "monitor/monitor"):  # the test fires runs itself; a cron added later
             run(["prefect", "deployment", "schedule", "clear", name, "-y"], work, env)
-        start("worker", ["prefect", "worker", "start", "--pool", "mlops-process"])
         for k, v in env.items():
             monkeypatch.setenv(k, v)
+
+        def start(name, cmd):
+            proc = subprocess.Popen(cmd, cwd=work, env=tool_env(env), stdout=open(logs / f"{name}.log", "w"),
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            procs.append(proc)
+            return proc
+
         yield work, env, start, logs
     finally:
         for proc in reversed(procs):
             _stop(proc)
-        stop_s3()
+        result = services.sh("down", timeout=120)
+        assert result.returncode == 0, result.stderr
 
 
 def _flow_runs(flow_name: str):
