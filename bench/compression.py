@@ -13,7 +13,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import ROOT, median, save  # noqa: E402
+from common import ROOT, save  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -22,13 +22,9 @@ VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 
 def keras_latency_ms(model, one: np.ndarray, runs: int) -> float:
     """Batch-1 latency of the Keras model through its compiled predict path (not eager __call__)."""
-    model.predict_on_batch(one)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        model.predict_on_batch(one)
-        times.append(time.perf_counter() - t)
-    return median(times) * 1e3
+    from pipeline.timing import median_latency_ms
+
+    return median_latency_ms(lambda: model.predict_on_batch(one), runs)
 
 
 def throughput(predict, x: np.ndarray, batch: int = 256, repeats: int = 3) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -68,14 +67,10 @@ def _keras_scores(model_path: Path, x: np.ndarray, batch_size: int, runs: int) -
 
     model = keras.models.load_model(model_path)
     logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    from pipeline.timing import median_latency_ms
+
     one = x[:1].astype("float32")
-    model(one, training=False)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        model(one, training=False)
-        times.append(time.perf_counter() - t)
-    return logits, float(np.median(times) * 1e3)
+    return logits, median_latency_ms(lambda: model(one, training=False), runs)
 
 
 def _champion(registry: RegisterConfig, x: np.ndarray, y: np.ndarray, chosen_pred: np.ndarray,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -55,11 +54,7 @@ class TFLiteModel:
 
     def latency_ms(self, sample: np.ndarray, runs: int) -> float:
         """Median wall time of a batch-1 prediction, in milliseconds."""
+        from pipeline.timing import median_latency_ms
+
         one = np.asarray(sample[:1], dtype=np.float32)
-        self._invoke(one)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            self._invoke(one)
-            times.append(time.perf_counter() - t)
-        return float(np.median(times) * 1e3)
+        return median_latency_ms(lambda: self._invoke(one), runs)

@@ -59,3 +59,19 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
                              f"{result.stderr[-4000:]}")
     return result
+
+
+def stop_group(proc: subprocess.Popen, sig: int = 15, grace: float = 20) -> None:
+    """Signal `proc`'s process group (started with start_new_session), escalate to SIGKILL, reap it."""
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.helpers_project import stop_group
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -71,17 +73,7 @@ def start_s3_server(tmp_dir: str | Path, timeout: float = 30.0) -> tuple[str, st
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
         def stop(proc=proc) -> None:
-            if proc.poll() is not None:
-                return
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+            stop_group(proc, signal.SIGTERM, grace=10)
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:

@@ -9,8 +9,6 @@ champion moves (audited) → S3 release published → the server answers with th
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_project import make_project, run, tool_env
+from tests.helpers_project import make_project, run, stop_group, tool_env
 from tests.helpers_s3 import free_port
 from tests.helpers_stack import Stack
 
@@ -58,16 +56,6 @@ def _get_json(url: str):
         return None
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 @pytest.fixture
 def stack(tmp_path, monkeypatch):
     """The project's local stack (infra/local/stack.sh): nanio S3, MLflow server with artifacts proxied to S3,
@@ -96,7 +84,7 @@ def stack(tmp_path, monkeypatch):
         yield work, env, start, logs
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_group(proc)
         result = services.sh("down", timeout=120)
         assert result.returncode == 0, result.stderr
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import io
+from tests.helpers_project import stop_group
 from tests.helpers_s3 import ROOT, build_tiny_tflite
 
 CLASSES = ["cat", "dog", "bird"]
@@ -54,16 +55,7 @@ def start(cmd: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
 
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     """Signal exactly `proc`'s process group (started with start_new_session) and reap it."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    stop_group(proc, sig, grace=30)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02,
