@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ RESULTS = ROOT / "bench" / "results.json"
 from tests.helpers_project import make_project, run, tool_env  # noqa: E402
 from tests.helpers_s3 import free_port  # noqa: E402
 
-__all__ = ["ROOT", "make_project", "run", "tool_env", "timed", "median", "prefect_server", "save", "free_port"]
+__all__ = ["ROOT", "make_project", "run", "tool_env", "timed", "prefect_server", "save", "free_port"]
 
 
 def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> float:
@@ -29,10 +28,6 @@ def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> float:
     started = time.perf_counter()
     run(cmd, cwd, env)
     return time.perf_counter() - started
-
-
-def median(values):
-    return statistics.median(values)
 
 
 @contextmanager

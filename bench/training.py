@@ -84,7 +84,7 @@ def main() -> None:
     bare = bare_seed_cnn(x, y, xv, yv, args.throughput_epochs, 128)
     ours = stage(prepared, work / "tp", model="seed_cnn", epochs=args.throughput_epochs, batch_size=128,
                  learning_rate=1e-3, weight_decay=0.0, augment={"flip": False, "translate": 0.0})
-    ours_ips = len(x) / float(np.median(ours["epoch_seconds"][1:] or ours["epoch_seconds"]))
+    ours_ips = ours["images_per_second"]  # same definition as the bare script: train images ÷ median steady epoch
 
     curves = {}
     if args.skip_curves:

@@ -245,6 +245,14 @@ def serve(
     _run(stage.serve, cfg, source, host, port)
 
 
+def _publish(cfg: Params) -> None:
+    """Publish the registry's champion to S3 (after a promotion decision or a rollback)."""
+    from pipeline import deploy as deployer
+
+    result = _run(deployer.publish_champion, cfg)
+    typer.echo(f"published v{result['version']}" + (" (already deployed)" if result.get("skipped") else ""))
+
+
 @app.command()
 def promote(
     approve: Annotated[bool, typer.Option("--approve/--reject", help="Approve (champion ← challenger) or reject.")],
@@ -263,9 +271,7 @@ def promote(
     record = _run(promotion.approve if approve else promotion.reject, name, by, reason)
     typer.echo(f"{record['action']} by {record['by']} at {record['at']}: {record['versions']}")
     if approve and publish:
-        from pipeline import deploy as deployer
-
-        _run(deployer.publish_champion, cfg)
+        _publish(cfg)
 
 
 @app.command()
@@ -282,9 +288,7 @@ def rollback(
     record = _run(promotion.rollback, cfg.register_.model_name, by, reason)
     typer.echo(f"rollback by {record['by']} at {record['at']}: {record['versions']}")
     if publish:
-        from pipeline import deploy as deployer
-
-        _run(deployer.publish_champion, cfg)
+        _publish(cfg)
 
 
 @app.command()

@@ -119,15 +119,23 @@ def _audit(client, model_name: str, action: str, by: str, reason: str, versions:
     return record
 
 
+def _pending_challenger(model_name: str, by: str, action: str):
+    """The `challenger` version a decision is about (after checking the approver's name), or StageError."""
+    from pipeline import registry
+
+    _require_name(by)
+    challenger = registry.version_by_alias(model_name, CHALLENGER)
+    if challenger is None:
+        raise StageError(f"{model_name}: no '{CHALLENGER}' to {action}.")
+    return challenger
+
+
 def approve(model_name: str, by: str, reason: str) -> dict:
     """champion ← challenger (previous ← old champion). Refuses anything evaluation did not bless."""
     from pipeline import registry
 
-    _require_name(by)
+    challenger = _pending_challenger(model_name, by, "approve")
     client = registry.client()
-    challenger = registry.version_by_alias(model_name, CHALLENGER)
-    if challenger is None:
-        raise StageError(f"{model_name}: no '{CHALLENGER}' to approve.")
     if challenger.tags.get("eval.blessed") != "true":
         raise StageError(f"{model_name} v{challenger.version} was not blessed by evaluation; it cannot be promoted.")
     cmp = compare(model_name)
@@ -145,11 +153,8 @@ def reject(model_name: str, by: str, reason: str) -> dict:
     """Tag the challenger as rejected and withdraw its alias; the version stays in the registry."""
     from pipeline import registry
 
-    _require_name(by)
+    challenger = _pending_challenger(model_name, by, "reject")
     client = registry.client()
-    challenger = registry.version_by_alias(model_name, CHALLENGER)
-    if challenger is None:
-        raise StageError(f"{model_name}: no '{CHALLENGER}' to reject.")
     client.set_model_version_tag(model_name, challenger.version, "promotion.decision", "rejected")
     client.delete_registered_model_alias(model_name, CHALLENGER)
     return _audit(client, model_name, "reject", by, reason, {"challenger": str(challenger.version)}, None)
