@@ -22,7 +22,7 @@ VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 
 def keras_latency_ms(model, one: np.ndarray, runs: int) -> float:
     """Batch-1 latency of the Keras model through its compiled predict path (not eager __call__)."""
-    from pipeline.timing import median_latency_ms
+    from pipeline.ml.timing import median_latency_ms
 
     return median_latency_ms(lambda: model.predict_on_batch(one), runs)
 
@@ -45,8 +45,8 @@ def main() -> None:
     args = ap.parse_args()
     import keras
 
-    from pipeline import io
-    from pipeline.tflite import TFLiteModel
+    from pipeline.core import io
+    from pipeline.ml.tflite import TFLiteModel
 
     ws = args.workspace
     x, y = io.read_split(ws / "data/prepared", "test")

@@ -48,9 +48,9 @@ def main() -> None:
     args = ap.parse_args()
     import keras
 
-    from pipeline.models import build_model
-    from pipeline.runtime import configure_precision, describe
-    from pipeline.train import make_batches
+    from pipeline.ml.models import build_model
+    from pipeline.ml.runtime import configure_precision, describe
+    from pipeline.ml.batching import make_batches
 
     data = np.load(args.data)
     x, y, xv, yv = data["x_train"], data["y_train"], data["x_val"], data["y_val"]

@@ -20,10 +20,10 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from pipeline import io
-    from pipeline.config import load_params
-    from pipeline.models import build_model
-    from pipeline.train import make_batches
+    from pipeline.core import io
+    from pipeline.core.config import load_params
+    from pipeline.ml.models import build_model
+    from pipeline.ml.batching import make_batches
     from training import prepared_data
 
     params = load_params(ROOT / "params.yaml").train

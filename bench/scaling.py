@@ -39,7 +39,7 @@ def slope(xs, ys) -> float:
 def write_folder(root: Path, n: int) -> Path:
     from PIL import Image
 
-    from pipeline.datasets.idx import read_fashion_mnist
+    from pipeline.data.idx import read_fashion_mnist
 
     raw = read_fashion_mnist("/usr/share/datasets/fashion-mnist", None, root / "cache")
     for i in range(n):

@@ -22,8 +22,9 @@ import numpy as np  # noqa: E402
 
 def prepared_data(workdir: Path) -> Path:
     """Full Fashion-MNIST through the real ingest + preprocess stages."""
-    from pipeline import ingest, preprocess
-    from pipeline.config import load_params
+    from pipeline.stages import ingest
+    from pipeline.stages import preprocess
+    from pipeline.core.config import load_params
 
     params = load_params(ROOT / "params.yaml")
     ingest.run(params.ingest, params.seed, workdir / "ingested", accepted_dir=None)
@@ -60,8 +61,8 @@ def bare_seed_cnn(x, y, x_val, y_val, epochs: int, batch_size: int) -> dict:
 
 
 def stage(prepared: Path, out: Path, **train) -> dict:
-    from pipeline import train as train_stage
-    from pipeline.config import TrainConfig
+    from pipeline.stages import train as train_stage
+    from pipeline.core.config import TrainConfig
 
     cfg = TrainConfig(**train)
     return train_stage.run(cfg, 0, prepared, out / "model.keras", out / "train.json", out / "plots", out / "backup")
@@ -74,7 +75,7 @@ def main() -> None:
     ap.add_argument("--seed-epochs", type=int, nargs="*", default=[4, 10, 20])
     ap.add_argument("--skip-curves", action="store_true", help="keep the accuracy curves of the last results.json")
     args = ap.parse_args()
-    from pipeline import io
+    from pipeline.core import io
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     prepared = prepared_data(work)

@@ -16,8 +16,8 @@ from prefect.cache_policies import NO_CACHE
 
 def _champion(model_name: str, workdir: Path):
     """(version, TFLiteModel, test accuracy) of the registry champion, or None."""
-    from pipeline import registry
-    from pipeline.tflite import TFLiteModel
+    from pipeline.registry import store as registry
+    from pipeline.ml.tflite import TFLiteModel
 
     version = registry.version_by_alias(model_name, "champion")
     if version is None:
@@ -29,7 +29,8 @@ def _champion(model_name: str, workdir: Path):
 
 def _profile(version: str, model, data_dir: Path, state_dir: Path) -> dict:
     """Training reference for drift, cached per champion version."""
-    from pipeline import io, monitor
+    from pipeline.core import io
+    from pipeline.monitoring import intake as monitor
 
     path = state_dir / f"profile-v{version}.json"
     if path.is_file():
@@ -44,8 +45,8 @@ def log_batch(experiment: str, model_name: str, version: str, record: dict) -> N
     """One MLflow run per batch in the monitoring experiment."""
     import mlflow
 
-    from pipeline import registry
-    from pipeline.register import numeric_metrics
+    from pipeline.registry import store as registry
+    from pipeline.stages.register import numeric_metrics
 
     experiment_id = registry.ensure_experiment(experiment)
     assessment = record.get("assessment") or {}
@@ -74,9 +75,9 @@ def batches_markdown(records: list[dict], decision: str) -> str:
 def monitor_flow(project_dir: str = ".", max_batches: int = 5, retrain: bool = True,
                  training_overrides: dict | None = None) -> dict:
     """Process up to `max_batches` incoming batches; trigger the training deployment when the loop says so."""
-    from pipeline import monitor
-    from pipeline.config import load_params
-    from pipeline.errors import StageError
+    from pipeline.monitoring import intake as monitor
+    from pipeline.core.config import load_params
+    from pipeline.core.errors import StageError
 
     os.chdir(project_dir)
     logger = get_run_logger()

@@ -21,7 +21,7 @@ class Approval(RunInput):
 
 @task(cache_policy=NO_CACHE)
 def review(model_name: str) -> dict:
-    from pipeline import promote
+    from pipeline.registry import promotion as promote
 
     cmp = promote.compare(model_name)
     create_markdown_artifact(promote.comparison_markdown(cmp), key="promotion-review",
@@ -31,7 +31,7 @@ def review(model_name: str) -> dict:
 
 @task(cache_policy=NO_CACHE)
 def decide(model_name: str, decision: Approval) -> dict:
-    from pipeline import promote
+    from pipeline.registry import promotion as promote
 
     if decision.approve:
         return promote.approve(model_name, decision.approver, decision.reason)
@@ -43,8 +43,8 @@ def deploy(project_dir: str) -> dict:
     """Publish the new champion to S3 (safe to retry: the pointer flips only after a complete upload)."""
     import os
 
-    from pipeline import deploy as deployer
-    from pipeline.config import load_params
+    from pipeline.delivery import releases as deployer
+    from pipeline.core.config import load_params
 
     os.chdir(project_dir)
     return deployer.publish_champion(load_params("params.yaml"))
@@ -56,7 +56,7 @@ def promotion_flow(model_name: str | None = None, project_dir: str = ".", timeou
     """Review → pause for approval → approve (champion moves, audited, deployed) or reject (tagged)."""
     import os
 
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
 
     os.chdir(project_dir)
     model_name = model_name or load_params("params.yaml").register_.model_name

@@ -69,7 +69,7 @@ def summary_markdown(project_dir: Path, ran: dict[str, bool]) -> str:
 def training_flow(overrides: dict[str, Any] | None = None, project_dir: str = ".", promote: bool = True,
                   wait_for_workspace_s: float = 600.0) -> dict:
     """Run the DVC pipeline stage by stage; start the promotion review when a new challenger exists."""
-    from pipeline.config import update_params
+    from pipeline.core.config import update_params
 
     root = Path(project_dir).resolve()
     logger = get_run_logger()

@@ -1,3 +1,4 @@
-"""Image-classification MLOps pipeline: one module per stage, each a pure function plus a thin CLI."""
+"""Image-classification MLOps pipeline, in layers (imports point down only; import-linter enforces it):
 
-__version__ = "0.1.0"
+core → data, ml → registry → stages → delivery, monitoring → cli (and the Prefect flows in flows/).
+"""

@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import ConfigError, Params, load_params
-from pipeline.errors import StageError
+from pipeline.core.config import ConfigError, Params, load_params
+from pipeline.core.errors import StageError
 
 app = typer.Typer(help="Image-classification MLOps pipeline (DVC stages, MLflow registry).", no_args_is_help=True)
 
@@ -70,7 +70,7 @@ def ingest(
     out: Annotated[Path, typer.Option(help="Directory for shards + manifest.json.")] = Path("data/ingested"),
 ) -> None:
     """Read the configured dataset into seeded train/val/test/stream shards with a checksummed manifest."""
-    from pipeline import ingest as stage
+    from pipeline.stages import ingest as stage
 
     cfg = _load(params)
     manifest = _run(stage.run, cfg.ingest, seed=cfg.seed, out_dir=out, accepted_dir=Path(cfg.monitor.accepted_dir))
@@ -86,7 +86,7 @@ def validate(
     docs: Annotated[Path, typer.Option(help="Great Expectations data docs directory.")] = Path("reports/data_docs"),
 ) -> None:
     """Run the Great Expectations suite; exit non-zero naming failing expectations and example rows."""
-    from pipeline import validate as stage
+    from pipeline.stages import validate as stage
 
     cfg = _load(params)
     result = _run(stage.run, cfg.validate_, data_dir=data, report_path=report, docs_dir=docs)
@@ -101,7 +101,7 @@ def preprocess(
     out: Annotated[Path, typer.Option(help="Directory for training-ready shards + stats.json.")] = Path("data/prepared"),
 ) -> None:
     """Convert to the model's channel layout and record normalisation statistics."""
-    from pipeline import preprocess as stage
+    from pipeline.stages import preprocess as stage
 
     cfg = _load(params)
     stats = _run(stage.run, cfg.preprocess, data_dir=data, out_dir=out)
@@ -118,7 +118,7 @@ def train(
     backup: Annotated[Path, typer.Option(help="BackupAndRestore dir; a killed run resumes from it.")] = Path(".cache/train_backup"),
 ) -> None:
     """Train the configured Keras 3 model (resumable, seeded, GPU-aware)."""
-    from pipeline import train as stage
+    from pipeline.stages import train as stage
 
     cfg = _load(params)
     result = _run(stage.run, cfg.train, seed=cfg.seed, data_dir=data, model_path=model,
@@ -135,7 +135,7 @@ def compress(
     metrics: Annotated[Path, typer.Option(help="Metrics JSON to write.")] = Path("metrics/compress.json"),
 ) -> None:
     """Magnitude-prune and fine-tune, then convert to TFLite fp32 / fp16 / dynamic / int8."""
-    from pipeline import compress as stage
+    from pipeline.stages import compress as stage
 
     cfg = _load(params)
     result = _run(stage.run, cfg.compress, seed=cfg.seed, data_dir=data, model_path=model,
@@ -155,7 +155,7 @@ def evaluate(
     plots: Annotated[Path, typer.Option(help="Directory for confusion matrix PNG/CSV.")] = Path("plots/evaluate"),
 ) -> None:
     """Score every variant on the test split, compare with the registry champion, write the blessing decision."""
-    from pipeline import evaluate as stage
+    from pipeline.stages import evaluate as stage
 
     cfg = _load(params)
     result = _run(stage.run, cfg.evaluate, registry=cfg.register_, data_dir=data, model_path=model,
@@ -173,7 +173,7 @@ def register(
     out: Annotated[Path, typer.Option(help="Registration record JSON to write.")] = Path("reports/registration.json"),
 ) -> None:
     """Log one MLflow run with everything, register a model version; blessed versions get `challenger`."""
-    from pipeline import register as stage
+    from pipeline.stages import register as stage
 
     cfg = _load(params)
     record = _run(stage.run, cfg, params_path=params, out_path=out)
@@ -194,8 +194,8 @@ def simulate(
     seed: Annotated[int | None, typer.Option(help="Noise/label-shift seed (default: params.yaml seed).")] = None,
 ) -> None:
     """Write labelled incoming batches from the held-out stream split, with simulated drift, for the monitor."""
-    from pipeline import io
-    from pipeline import simulate as stage
+    from pipeline.core import io
+    from pipeline.monitoring import simulate as stage
 
     if kind not in stage.KINDS:
         _fail(f"--kind must be one of {', '.join(stage.KINDS)}, got {kind!r}")
@@ -216,7 +216,7 @@ def simulate(
 @app.command()
 def deploy(params: ParamsOpt = Path("params.yaml")) -> None:
     """Publish the registry's `champion` to S3 (immutable release + pointer flip); no-op if already live."""
-    from pipeline import deploy as stage
+    from pipeline.delivery import releases as stage
 
     cfg = _load(params)
     result = _run(stage.publish_champion, cfg)
@@ -237,7 +237,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Bind port (default: deploy.serve_port).")] = None,
 ) -> None:
     """Serve the champion over HTTP (/health, /predict, /reload), hot-reloading when it changes."""
-    from pipeline import serve as stage
+    from pipeline.delivery import server as stage
 
     if source not in ("s3", "registry"):
         _fail(f"--source must be 's3' or 'registry', got {source!r}")
@@ -247,7 +247,7 @@ def serve(
 
 def _publish(cfg: Params) -> None:
     """Publish the registry's champion to S3 (after a promotion decision or a rollback)."""
-    from pipeline import deploy as deployer
+    from pipeline.delivery import releases as deployer
 
     result = _run(deployer.publish_champion, cfg)
     typer.echo(f"published v{result['version']}" + (" (already deployed)" if result.get("skipped") else ""))
@@ -262,7 +262,7 @@ def promote(
     publish: Annotated[bool, typer.Option(help="Publish the new champion to S3 after approval.")] = False,
 ) -> None:
     """Decide on the current challenger (same decision as the promotion flow's approval form)."""
-    from pipeline import promote as promotion
+    from pipeline.registry import promotion
 
     cfg = _load(params)
     name = cfg.register_.model_name
@@ -282,7 +282,7 @@ def rollback(
     publish: Annotated[bool, typer.Option(help="Publish the restored champion to S3.")] = False,
 ) -> None:
     """champion ← previous (audited); the rolled-back version becomes `previous`."""
-    from pipeline import promote as promotion
+    from pipeline.registry import promotion
 
     cfg = _load(params)
     record = _run(promotion.rollback, cfg.register_.model_name, by, reason)
@@ -294,7 +294,7 @@ def rollback(
 @app.command()
 def status(params: ParamsOpt = Path("params.yaml")) -> None:
     """Registry aliases and the audit history of the configured model."""
-    from pipeline import promote as promotion
+    from pipeline.registry import promotion
 
     cfg = _load(params)
     name = cfg.register_.model_name

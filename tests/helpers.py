@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import io
-from pipeline.ingest import manifest_checksum
+from pipeline.core import io
+from pipeline.stages.ingest import manifest_checksum
 
 SPLITS = ("train", "val", "test", "stream")
 

@@ -89,12 +89,12 @@ def build_tiny_tflite(path: str | Path, seed: int = 0, shape: tuple[int, int, in
                       classes: int = 3) -> Path:
     """A real fp32 .tflite (Input shape → Flatten → Dense classes) with seeded random weights; no training.
 
-    Uses the project's own export (pipeline.compress.export_saved_model + convert). Different seeds give
+    Uses the project's own export (pipeline.ml.conversion.export_saved_model + convert). Different seeds give
     different bytes (and predictions).
     """
     import keras
 
-    from pipeline.compress import convert, export_saved_model
+    from pipeline.ml.conversion import convert, export_saved_model
 
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input(shape), keras.layers.Flatten(),

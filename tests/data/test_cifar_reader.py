@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.datasets.cifar import read_cifar10
-from pipeline.errors import DatasetError
+from pipeline.data.cifar import read_cifar10
+from pipeline.core.errors import DatasetError
 
 N = 20
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

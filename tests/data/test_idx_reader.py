@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.datasets.idx import FASHION_MNIST_FILES, load_idx_dataset, read_fashion_mnist, read_idx
-from pipeline.errors import DatasetError
+from pipeline.data.idx import FASHION_MNIST_FILES, load_idx_dataset, read_fashion_mnist, read_idx
+from pipeline.core.errors import DatasetError
 
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.datasets.image_folder import read_image_folder
-from pipeline.errors import DatasetError
+from pipeline.data.image_folder import read_image_folder
+from pipeline.core.errors import DatasetError
 
 
 def save(path: Path, mode: str, size: tuple[int, int], value: int = 128, fmt: str | None = None) -> Path:
@@ -109,7 +109,7 @@ def test_many_files_thread_pool_keeps_order(tmp_path: Path) -> None:
 
 
 def test_process_pool_path_matches_and_names_bad_file(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.datasets.image_folder as mod
+    import pipeline.data.image_folder as mod
 
     threaded = read_image_folder(str(folder), (12, 16), 3)
     monkeypatch.setattr(mod, "PROCESS_MIN_FILES", 1)

@@ -13,9 +13,9 @@ _ROOT = str(Path(__file__).resolve().parents[2])  # so `tests.helpers` imports u
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from pipeline import validate  # noqa: E402
-from pipeline.config import ValidateConfig  # noqa: E402
-from pipeline.errors import StageError  # noqa: E402
+from pipeline.stages import validate  # noqa: E402
+from pipeline.core.config import ValidateConfig  # noqa: E402
+from pipeline.core.errors import StageError  # noqa: E402
 from tests.helpers import good_splits, make_images, write_ingested  # noqa: E402
 
 CLASSES = ["a", "b", "c"]

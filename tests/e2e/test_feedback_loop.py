@@ -134,14 +134,15 @@ def _approve_pending_promotion(n_expected: int, reason: str) -> None:
 
 
 def _champion() -> str | None:
-    from pipeline import promote
+    from pipeline.registry import promotion as promote
 
     return promote.aliases(MODEL)["champion"]
 
 
 def test_closed_loop_with_approval_deploy_serve_and_rollback(stack):
-    from pipeline import deploy, promote
-    from pipeline.config import load_params
+    from pipeline.delivery import releases as deploy
+    from pipeline.registry import promotion as promote
+    from pipeline.core.config import load_params
 
     work, env, start, logs = stack
     params = load_params(work / "params.yaml")

@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import deploy, io
-from pipeline.config import DeployConfig
-from pipeline.errors import StageError
+from pipeline.delivery import releases as deploy
+
+from pipeline.core import io
+from pipeline.core.config import DeployConfig
+from pipeline.core.errors import StageError
 from tests.helpers_s3 import ROOT, build_tiny_tflite, free_port, sample_images, start_s3_server
 
 pytestmark = [pytest.mark.integration,
@@ -234,7 +236,7 @@ def test_parse_s3_url():
 def client(cfg, name, tflites):
     from fastapi.testclient import TestClient
 
-    from pipeline.serve import S3Source, create_app
+    from pipeline.delivery.server import S3Source, create_app
 
     _publish(cfg, name, "1", tflites[0])
     small = cfg.model_copy(update={"max_body_bytes": 4096})
@@ -243,7 +245,7 @@ def client(cfg, name, tflites):
 
 
 def test_health_and_predict(client, name, tflites):
-    from pipeline.tflite import TFLiteModel
+    from pipeline.ml.tflite import TFLiteModel
 
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["model_name"] == name
@@ -300,7 +302,7 @@ def test_predict_rejects_non_json_nan_and_oversize(client):
 
 
 def test_reload_swaps_to_new_version_and_refuses_a_tampered_one(client, cfg, name, tflites):
-    from pipeline.tflite import TFLiteModel
+    from pipeline.ml.tflite import TFLiteModel
 
     assert client.post("/reload").json() == {"reloaded": False, "version": "1"}
     x = sample_images(4, seed=7)
@@ -343,7 +345,7 @@ def test_reload_swaps_to_new_version_and_refuses_a_tampered_one(client, cfg, nam
 def test_background_reloader_follows_the_pointer(cfg, name, tflites):
     from fastapi.testclient import TestClient
 
-    from pipeline.serve import S3Source, create_app
+    from pipeline.delivery.server import S3Source, create_app
 
     _publish(cfg, name, "1", tflites[0])
     fast = cfg.model_copy(update={"reload_seconds": 0.2})
@@ -420,8 +422,8 @@ def test_mlops_serve_without_deployment_fails_clearly(cfg, name, tmp_path, s3_se
 def _register(name: str, tflite: Path, tmp: Path) -> str:
     import mlflow
 
-    from pipeline import registry
-    from pipeline.serving import TFLiteClassifier
+    from pipeline.registry import store as registry
+    from pipeline.registry.pyfunc import TFLiteClassifier
 
     registry.client()
     labels = tmp / "labels.json"
@@ -438,9 +440,9 @@ def _register(name: str, tflite: Path, tmp: Path) -> str:
 def test_deploy_publishes_the_champion_once(mlflow_store, cfg, name, tflites, tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline import registry
+    from pipeline.registry import store as registry
     from pipeline.cli import app
-    from pipeline.config import Params
+    from pipeline.core.config import Params
 
     params_file = tmp_path / "params.yaml"
     params_file.write_text(f"register:\n  model_name: {name}\ndeploy:\n  bucket: {cfg.bucket}\n"
@@ -462,7 +464,7 @@ def test_deploy_publishes_the_champion_once(mlflow_store, cfg, name, tflites, tm
                                     "deploy": {"bucket": cfg.bucket, "prefix": cfg.prefix}})
     assert deploy.publish_champion(params)["skipped"] is True
 
-    from pipeline.serve import RegistrySource
+    from pipeline.delivery.server import RegistrySource
 
     model, served = RegistrySource(name).load()
     assert served["version"] == version and served["sha256"] == manifest["sha256"]

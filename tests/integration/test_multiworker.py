@@ -32,8 +32,8 @@ import json, sys
 from pathlib import Path
 import numpy as np
 import keras
-from pipeline import train
-from pipeline.config import TrainConfig
+from pipeline.stages import train
+from pipeline.core.config import TrainConfig
 
 data, out, backup = map(Path, sys.argv[1:4])
 trained = []
@@ -62,7 +62,7 @@ def _patterns(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_chief_detection_follows_the_tensorflow_rule(monkeypatch):
-    from pipeline import runtime
+    from pipeline.ml import runtime
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert runtime.is_chief() and runtime.worker_task() is None
@@ -77,8 +77,8 @@ def test_chief_detection_follows_the_tensorflow_rule(monkeypatch):
 
 
 def test_two_workers_train_in_sync_and_only_the_chief_writes(tmp_path):
-    from pipeline import preprocess
-    from pipeline.config import PreprocessConfig
+    from pipeline.stages import preprocess
+    from pipeline.core.config import PreprocessConfig
 
     write_ingested(tmp_path / "ingested", {"train": _patterns(32, 1), "val": _patterns(8, 2),
                                            "test": _patterns(8, 3)}, CLASSES)

@@ -7,8 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import compress, evaluate, io, preprocess, register, train
-from pipeline.config import (CompressConfig, EvaluateConfig, Params, PreprocessConfig, RegisterConfig,
+from pipeline.stages import compress
+
+from pipeline.stages import evaluate
+
+from pipeline.core import io
+
+from pipeline.stages import preprocess
+
+from pipeline.stages import register
+
+from pipeline.stages import train
+from pipeline.core.config import (CompressConfig, EvaluateConfig, Params, PreprocessConfig, RegisterConfig,
                              TrainConfig)
 from tests.helpers import write_ingested
 
@@ -67,7 +77,7 @@ def test_compress_prunes_and_quantizes(stages):
 def test_tflite_int8_agrees_with_keras(stages):
     import keras
 
-    from pipeline.tflite import TFLiteModel
+    from pipeline.ml.tflite import TFLiteModel
 
     root, _, _ = stages
     x, _ = io.read_split(root / "prepared", "test")

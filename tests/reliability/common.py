@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import io
+from pipeline.core import io
 from tests.helpers_project import stop_group
 from tests.helpers_s3 import ROOT, build_tiny_tflite
 

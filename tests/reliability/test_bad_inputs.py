@@ -21,10 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import deploy, io, monitor
-from pipeline.config import DeployConfig, Params
-from pipeline.datasets.idx import FASHION_MNIST_FILES
-from pipeline.errors import DatasetError, StageError
+from pipeline.delivery import releases as deploy
+
+from pipeline.core import io
+
+from pipeline.monitoring import intake as monitor
+from pipeline.core.config import DeployConfig, Params
+from pipeline.data.idx import FASHION_MNIST_FILES
+from pipeline.core.errors import DatasetError, StageError
 from tests.data.test_cifar_reader import batch as cifar_batch
 from tests.data.test_cifar_reader import blobs as cifar_blobs
 from tests.data.test_cifar_reader import make_dir as cifar_dir
@@ -109,7 +113,7 @@ def idx_wrong_magic_cli(ctx: Ctx) -> Case:
 
 def idx_wrong_magic_reader(ctx: Ctx) -> Case:
     """The generic IDX reader (no official checksums) parses the header: a wrong magic is named as such."""
-    from pipeline.datasets.idx import load_idx_dataset
+    from pipeline.data.idx import load_idx_dataset
 
     src = _fashion_files(ctx.tmp / "idx")
     path = src / FASHION_MNIST_FILES["train_labels"]
@@ -377,9 +381,9 @@ def empty_registry(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def eval_inputs(tmp_path_factory, template) -> Path:
     """Prepared data plus a model and every .tflite variant evaluate reads (tiny, untrained)."""
-    from pipeline import preprocess
-    from pipeline.compress import VARIANTS
-    from pipeline.config import PreprocessConfig
+    from pipeline.stages import preprocess
+    from pipeline.ml.conversion import VARIANTS
+    from pipeline.core.config import PreprocessConfig
 
     root = tmp_path_factory.mktemp("eval")
     preprocess.run(PreprocessConfig(channels=1), write_ingested(root / "ingested", good_splits(), CLASSES),

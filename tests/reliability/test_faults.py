@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import io
+from pipeline.core import io
 from tests.helpers import write_ingested
 from tests.model.test_model_stages import _patterns
 from tests.reliability.common import (ROOT, bump, cli, kill_group, make_register_workspace, snapshot, start,
@@ -47,8 +47,8 @@ CLASSES = ["left", "middle", "right"]
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    from pipeline import preprocess
-    from pipeline.config import PreprocessConfig
+    from pipeline.stages import preprocess
+    from pipeline.core.config import PreprocessConfig
 
     root = tmp_path_factory.mktemp("faults-data")
     write_ingested(root / "ingested", {"train": _patterns(1000, 1), "val": _patterns(30, 2),
@@ -60,8 +60,8 @@ def prepared(tmp_path_factory) -> Path:
 
 def _reference_run(prepared: Path) -> dict:
     """The uninterrupted run (same data, params and seed), in-process; its model feeds the compress test."""
-    from pipeline import train
-    from pipeline.config import TrainConfig
+    from pipeline.stages import train
+    from pipeline.core.config import TrainConfig
 
     out = prepared / "reference"
     metrics = train.run(TrainConfig(**PARAMS["train"]), PARAMS["seed"], prepared / "prepared", out / "model.keras",
@@ -195,8 +195,8 @@ class _Output(threading.Thread):
 
 
 def test_compress_killed_mid_run_leaves_the_previous_output_and_reruns(prepared, reference, tmp_path, tally):
-    from pipeline import compress
-    from pipeline.config import CompressConfig
+    from pipeline.stages import compress
+    from pipeline.core.config import CompressConfig
 
     bump(tally, "faults_injected")
     out, metrics = tmp_path / "models" / "compressed", tmp_path / "metrics" / "compress.json"
@@ -244,7 +244,7 @@ def _registry(work: Path):
 def test_register_killed_while_logging_leaves_no_version_without_files(template, tmp_path, monkeypatch, tally):
     import mlflow
 
-    from pipeline import registry
+    from pipeline.registry import store as registry
 
     bump(tally, "faults_injected")
     name = "faults-register"
@@ -284,9 +284,9 @@ def test_register_killed_while_logging_leaves_no_version_without_files(template,
 
 
 def test_s3_server_stopped_during_publish_keeps_the_live_release(tmp_path, template, monkeypatch, tally):
-    from pipeline import deploy
-    from pipeline.config import DeployConfig
-    from pipeline.errors import StageError
+    from pipeline.delivery import releases as deploy
+    from pipeline.core.config import DeployConfig
+    from pipeline.core.errors import StageError
     from tests.helpers_s3 import start_s3_server
 
     bump(tally, "faults_injected")

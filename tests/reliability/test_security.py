@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from pipeline import io
+from pipeline.core import io
 from tests.data.test_cifar_reader import blobs as cifar_blobs
 from tests.data.test_cifar_reader import make_dir as cifar_dir
 from tests.helpers_s3 import ROOT, start_s3_server
@@ -50,8 +50,8 @@ def test_the_secret_never_reaches_output_logs_runs_or_artifacts(template, aws_en
                                                                 caplog):
     import mlflow
 
-    from pipeline import deploy
-    from pipeline.config import load_params
+    from pipeline.delivery import releases as deploy
+    from pipeline.core.config import load_params
 
     secret = aws_env["secret"]
     name = "security-model"
@@ -138,10 +138,10 @@ def test_git_index_holds_no_credentials():
 
 @pytest.mark.integration  # S3 server and/or MLflow store
 def test_a_tampered_release_is_refused_before_it_is_served(template, aws_env, tmp_path):
-    from pipeline import deploy
-    from pipeline.config import DeployConfig
-    from pipeline.errors import StageError
-    from pipeline.serve import S3Source, create_app
+    from pipeline.delivery import releases as deploy
+    from pipeline.core.config import DeployConfig
+    from pipeline.core.errors import StageError
+    from pipeline.delivery.server import S3Source, create_app
 
     cfg = DeployConfig(bucket="security", prefix="tamper", endpoint_url=aws_env["endpoint"])
     name = "tampered-model"
@@ -177,7 +177,8 @@ def _audit_tags(client, name: str) -> dict[str, str]:
 
 @pytest.mark.integration  # S3 server and/or MLflow store
 def test_promotion_records_the_approver_and_the_audit_trail_is_append_only(mlflow_store, tmp_path):
-    from pipeline import promote, registry
+    from pipeline.registry import promotion as promote
+    from pipeline.registry import store as registry
     from tests.unit.test_promote import NAME, _version
 
     write_yaml(tmp_path / "params.yaml", {"register": {"model_name": NAME}})

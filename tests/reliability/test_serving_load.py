@@ -59,8 +59,8 @@ def _plan(total: int) -> list[tuple[str, bytes, int]]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, template):
     """nanio + v1 published + `python -m pipeline.cli serve --source s3` on a free port."""
-    from pipeline import deploy
-    from pipeline.config import DeployConfig
+    from pipeline.delivery import releases as deploy
+    from pipeline.core.config import DeployConfig
 
     root = tmp_path_factory.mktemp("load")
     endpoint, key, secret, stop_s3 = start_s3_server(root / "s3")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, Params, load_params
+from pipeline.core.config import ConfigError, Params, load_params
 
 ROOT = Path(__file__).resolve().parents[2]
 

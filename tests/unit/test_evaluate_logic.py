@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline.config import EvaluateConfig
-from pipeline.evaluate import confusion, decide, mcnemar, per_class
+from pipeline.core.config import EvaluateConfig
+from pipeline.stages.evaluate import confusion, decide, mcnemar, per_class
 
 CFG = EvaluateConfig(min_accuracy=0.9, max_drop_vs_fp32=0.005, per_class_floor=0.6, mcnemar_alpha=0.05)
 GOOD_CLASSES = {"a": {"precision": 0.95, "recall": 0.93}, "b": {"precision": 0.9, "recall": 0.91}}

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from flows.common import WorkspaceBusy, run_streaming, workspace_lock
-from pipeline.config import ConfigError, update_params
+from pipeline.core.config import ConfigError, update_params
 
 ROOT = Path(__file__).resolve().parents[2]
 

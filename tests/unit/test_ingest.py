@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import ingest, io
-from pipeline.config import IngestConfig
-from pipeline.datasets import RawDataset
-from pipeline.errors import DatasetError
+from pipeline.stages import ingest
+
+from pipeline.core import io
+from pipeline.core.config import IngestConfig
+from pipeline.data.dataset import RawDataset
+from pipeline.core.errors import DatasetError
 
 SPLITS = ("train", "val", "test", "stream")
 MANIFEST_KEYS = {"dataset", "class_names", "image_shape", "seed", "splits", "sources", "duplicates_dropped", "checksum", "monitoring"}
@@ -217,7 +219,7 @@ def test_cli_reports_dataset_error(tmp_path: Path) -> None:
 
 def test_accepted_batches_join_train_and_leave_stream(tmp_path: Path) -> None:
     """Monitoring batches accepted for retraining become training data; consumed stream images leave the stream."""
-    from pipeline.ingest import add_accepted
+    from pipeline.stages.ingest import add_accepted
 
     rng = np.random.default_rng(0)
 

@@ -10,9 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import ingest, io, monitor, simulate
-from pipeline.config import Params
-from pipeline.errors import DatasetError, StageError
+from pipeline.stages import ingest
+
+from pipeline.core import io
+
+from pipeline.monitoring import intake as monitor
+
+from pipeline.monitoring import simulate
+from pipeline.core.config import Params
+from pipeline.core.errors import DatasetError, StageError
 from tests.helpers import write_ingested
 
 CLASSES = ["top", "middle", "bottom"]
@@ -36,8 +42,8 @@ def champion(tmp_path_factory):
     """A real .tflite model: Dense weights average the pixels of each class's band, so it is ~100% accurate."""
     import keras
 
-    from pipeline import compress
-    from pipeline.tflite import TFLiteModel
+    from pipeline.stages import compress
+    from pipeline.ml.tflite import TFLiteModel
 
     model = keras.Sequential([keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(3)])
     kernel = np.zeros((64, 3), np.float32)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from pipeline import promote, registry
-from pipeline.errors import StageError
+from pipeline.registry import promotion as promote
+
+from pipeline.registry import store as registry
+from pipeline.core.errors import StageError
 
 NAME = "clf"
 

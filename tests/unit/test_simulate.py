@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import drift, simulate
-from pipeline.errors import StageError
+from pipeline.monitoring import drift
+
+from pipeline.monitoring import simulate
+from pipeline.core.errors import StageError
 from tests.helpers import good_splits, make_images, write_ingested
 
 IMAGE_KINDS = ("brightness", "contrast", "noise", "blur")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from pipeline.config import MonitorConfig
+from pipeline.core.config import MonitorConfig
 
 FEATURES = ("mean", "std", "sharpness")
 KS_MIN_STAT = 0.1  # minimum KS effect size for a feature to count as drifted

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.errors import DatasetError
+from pipeline.core.errors import DatasetError
 
 if TYPE_CHECKING:
-    from pipeline.config import IngestConfig
+    from pipeline.core.config import IngestConfig
 
 __all__ = ["DatasetError", "RawDataset", "download", "read_dataset"]
 
@@ -33,15 +33,15 @@ class RawDataset:
 def read_dataset(cfg: IngestConfig, cache_dir: Path) -> RawDataset:
     """Read the dataset named by `cfg.dataset` (readers are imported lazily)."""
     if cfg.dataset == "fashion-mnist":
-        from pipeline.datasets.idx import read_fashion_mnist
+        from pipeline.data.idx import read_fashion_mnist
 
         return read_fashion_mnist(cfg.source, cfg.url, Path(cache_dir))
     if cfg.dataset == "cifar10":
-        from pipeline.datasets.cifar import read_cifar10
+        from pipeline.data.cifar import read_cifar10
 
         return read_cifar10(cfg.source, cfg.url, Path(cache_dir))
     if cfg.dataset == "image-folder":
-        from pipeline.datasets.image_folder import read_image_folder
+        from pipeline.data.image_folder import read_image_folder
 
         return read_image_folder(cfg.source, tuple(cfg.image_size), cfg.channels)
     raise DatasetError(f"ingest.dataset: unknown dataset {cfg.dataset!r}; use fashion-mnist, cifar10 or image-folder")

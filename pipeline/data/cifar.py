@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import RawDataset, download
-from pipeline.errors import DatasetError
+from pipeline.data.dataset import RawDataset, download
+from pipeline.core.errors import DatasetError
 
 TARBALL = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pipeline import io
-from pipeline.errors import StageError
+from pipeline.core import io
+from pipeline.core.errors import StageError
 
 KINDS = ("none", "brightness", "contrast", "noise", "blur", "label-shift")
 CURSOR_FILE = "stream-cursor.json"

@@ -24,8 +24,8 @@ from typing import Protocol
 import numpy as np
 from fastapi import Request  # module level: FastAPI resolves the endpoint's (postponed) annotation here
 
-from pipeline.config import DeployConfig, Params
-from pipeline.errors import StageError
+from pipeline.core.config import DeployConfig, Params
+from pipeline.core.errors import StageError
 
 log = logging.getLogger("pipeline.serve")
 
@@ -40,14 +40,14 @@ class S3Source:
     """The release named by s3://<bucket>/<prefix>/<model_name>/champion/pointer.json (sha256-verified)."""
 
     def __init__(self, cfg: DeployConfig, model_name: str):
-        from pipeline import deploy
+        from pipeline.delivery import releases as deploy
 
         self.cfg, self.model_name = cfg, model_name
         self._s3 = deploy.s3_client(cfg)
         self.description = deploy.s3_url(cfg.bucket, deploy.pointer_key(cfg, model_name))
 
     def current_version(self) -> str:
-        from pipeline import deploy
+        from pipeline.delivery import releases as deploy
 
         pointer = deploy.read_pointer(self.cfg, self.model_name, s3=self._s3)
         if pointer is None:
@@ -55,8 +55,8 @@ class S3Source:
         return str(pointer["version"])
 
     def load(self):
-        from pipeline import deploy
-        from pipeline.tflite import TFLiteModel
+        from pipeline.delivery import releases as deploy
+        from pipeline.ml.tflite import TFLiteModel
 
         with tempfile.TemporaryDirectory(prefix="serve-s3-") as tmp:
             path, manifest = deploy.fetch_current(self.cfg, self.model_name, tmp, s3=self._s3)
@@ -72,7 +72,7 @@ class RegistrySource:
         self.description = f"models:/{model_name}@{alias}"
 
     def current_version(self) -> str:
-        from pipeline import registry
+        from pipeline.registry import store as registry
 
         mv = registry.version_by_alias(self.model_name, self.alias)
         if mv is None:
@@ -80,8 +80,10 @@ class RegistrySource:
         return str(mv.version)
 
     def load(self):
-        from pipeline import deploy, io, registry
-        from pipeline.tflite import TFLiteModel
+        from pipeline.delivery import releases as deploy
+        from pipeline.core import io
+        from pipeline.registry import store as registry
+        from pipeline.ml.tflite import TFLiteModel
 
         for _ in range(3):  # the alias may move between the look-up and the download: retry until stable
             version = self.current_version()

@@ -12,7 +12,7 @@ class TFLiteClassifier(mlflow.pyfunc.PythonModel):
     """Loads the logged .tflite and labels; predict(N,H,W,C float pixels 0–255) → (N,K) probabilities."""
 
     def load_context(self, context):
-        from pipeline.tflite import TFLiteModel
+        from pipeline.ml.tflite import TFLiteModel
 
         self.model = TFLiteModel(context.artifacts["tflite"])
         with open(context.artifacts["labels"]) as fh:

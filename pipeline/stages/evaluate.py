@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import io
-from pipeline.compress import VARIANTS
-from pipeline.config import EvaluateConfig, RegisterConfig
+from pipeline.core import io
+from pipeline.ml.conversion import VARIANTS
+from pipeline.core.config import EvaluateConfig, RegisterConfig
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -67,7 +67,7 @@ def _keras_scores(model_path: Path, x: np.ndarray, batch_size: int, runs: int) -
 
     model = keras.models.load_model(model_path)
     logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
-    from pipeline.timing import median_latency_ms
+    from pipeline.ml.timing import median_latency_ms
 
     one = x[:1].astype("float32")
     return logits, median_latency_ms(lambda: model(one, training=False), runs)
@@ -75,8 +75,8 @@ def _keras_scores(model_path: Path, x: np.ndarray, batch_size: int, runs: int) -
 
 def _champion(registry: RegisterConfig, x: np.ndarray, y: np.ndarray, chosen_pred: np.ndarray,
               batch_size: int) -> dict | None:
-    from pipeline import registry as reg
-    from pipeline.tflite import TFLiteModel
+    from pipeline.registry import store as reg
+    from pipeline.ml.tflite import TFLiteModel
 
     version = reg.version_by_alias(registry.model_name, "champion")
     if version is None:
@@ -103,8 +103,8 @@ def _write_confusion_csv(path: Path, y: np.ndarray, pred: np.ndarray, names: lis
 
 def run(cfg: EvaluateConfig, registry: RegisterConfig, data_dir: Path, model_path: Path, compressed_dir: Path,
         metrics_path: Path, report_path: Path, plots_dir: Path) -> dict:
-    from pipeline import plots
-    from pipeline.tflite import TFLiteModel
+    from pipeline.ml import plots
+    from pipeline.ml.tflite import TFLiteModel
 
     stats = io.read_json(Path(data_dir) / "stats.json")
     names = stats["class_names"]

@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import re
 
-from pipeline.errors import StageError
+from pipeline.core.errors import StageError
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 
@@ -46,7 +46,7 @@ def _summary(client, version) -> dict:
 
 def compare(model_name: str) -> dict:
     """Challenger vs champion: metrics, per-class deltas, size, latency, McNemar p, lineage."""
-    from pipeline import registry
+    from pipeline.registry import store as registry
 
     client = registry.client()
     challenger = registry.version_by_alias(model_name, CHALLENGER)
@@ -103,7 +103,7 @@ def _audit(client, model_name: str, action: str, by: str, reason: str, versions:
     """Append one audit record: tags on each involved version (new index) + an immutable MLflow run."""
     import mlflow
 
-    from pipeline import registry
+    from pipeline.registry import store as registry
 
     record = {"action": action, "by": by, "at": _now(), "reason": reason, "versions": versions, "diff": diff or {}}
     for version_no in {v for v in versions.values() if v is not None}:
@@ -121,7 +121,7 @@ def _audit(client, model_name: str, action: str, by: str, reason: str, versions:
 
 def _pending_challenger(model_name: str, by: str, action: str):
     """The `challenger` version a decision is about (after checking the approver's name), or StageError."""
-    from pipeline import registry
+    from pipeline.registry import store as registry
 
     _require_name(by)
     challenger = registry.version_by_alias(model_name, CHALLENGER)
@@ -132,7 +132,7 @@ def _pending_challenger(model_name: str, by: str, action: str):
 
 def approve(model_name: str, by: str, reason: str) -> dict:
     """champion ← challenger (previous ← old champion). Refuses anything evaluation did not bless."""
-    from pipeline import registry
+    from pipeline.registry import store as registry
 
     challenger = _pending_challenger(model_name, by, "approve")
     client = registry.client()
@@ -151,7 +151,7 @@ def approve(model_name: str, by: str, reason: str) -> dict:
 
 def reject(model_name: str, by: str, reason: str) -> dict:
     """Tag the challenger as rejected and withdraw its alias; the version stays in the registry."""
-    from pipeline import registry
+    from pipeline.registry import store as registry
 
     challenger = _pending_challenger(model_name, by, "reject")
     client = registry.client()
@@ -162,7 +162,7 @@ def reject(model_name: str, by: str, reason: str) -> dict:
 
 def rollback(model_name: str, by: str, reason: str) -> dict:
     """champion ← previous; the rolled-back version becomes `previous` (so a second rollback undoes it)."""
-    from pipeline import registry
+    from pipeline.registry import store as registry
 
     _require_name(by)
     client = registry.client()
@@ -180,7 +180,7 @@ def history(model_name: str) -> list[dict]:
     """Every audit record, oldest first, from the audit experiment's runs."""
     import mlflow
 
-    from pipeline import registry
+    from pipeline.registry import store as registry
 
     client = registry.client()
     exp = client.get_experiment_by_name(f"{model_name}-audit")
@@ -191,7 +191,7 @@ def history(model_name: str) -> list[dict]:
 
 
 def aliases(model_name: str) -> dict[str, str | None]:
-    from pipeline import registry
+    from pipeline.registry import store as registry
 
     return {alias: (str(v.version) if (v := registry.version_by_alias(model_name, alias)) else None)
             for alias in (CHAMPION, CHALLENGER, PREVIOUS)}

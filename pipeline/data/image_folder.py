@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.datasets import RawDataset
-from pipeline.errors import DatasetError
+from pipeline.data.dataset import RawDataset
+from pipeline.core.errors import DatasetError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 _CHUNK = 512

@@ -10,37 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import io
-from pipeline.config import TrainConfig
-from pipeline.errors import StageError
-
-
-def make_batches(keras, x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, shuffle: bool, seed: int):
-    """A backend-agnostic PyDataset: uint8 images → float32 batches with one-hot labels, reshuffled per epoch."""
-
-    class ArrayBatches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__()
-            self.order = np.arange(len(x))
-            self.epoch = 0
-            self._reshuffle()
-
-        def _reshuffle(self):
-            if shuffle:
-                self.order = np.random.default_rng(seed + self.epoch).permutation(len(x))
-
-        def __len__(self):
-            return -(-len(x) // batch_size)
-
-        def __getitem__(self, i):
-            idx = np.sort(self.order[i * batch_size:(i + 1) * batch_size])
-            return x[idx].astype("float32"), np.eye(num_classes, dtype="float32")[y[idx].astype(np.int64)]
-
-        def on_epoch_end(self):
-            self.epoch += 1
-            self._reshuffle()
-
-    return ArrayBatches()
+from pipeline.core import io
+from pipeline.core.config import TrainConfig
+from pipeline.core.errors import StageError
+from pipeline.ml.batching import make_batches
 
 
 def _callbacks(keras, backup_dir: Path, history_csv: Path, epoch_times: list[float]):
@@ -154,8 +127,10 @@ def run(cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_p
         backup_dir: Path) -> dict:
     import keras
 
-    from pipeline import plots, runtime
-    from pipeline.models import build_model
+    from pipeline.ml import plots
+
+    from pipeline.ml import runtime
+    from pipeline.ml.models import build_model
 
     stats = io.read_json(Path(data_dir) / "stats.json")
     x_train, y_train = io.read_split(data_dir, "train")

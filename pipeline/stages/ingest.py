@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import io
-from pipeline.config import IngestConfig
-from pipeline.datasets import RawDataset, read_dataset
-from pipeline.errors import DatasetError
+from pipeline.core import io
+from pipeline.core.config import IngestConfig
+from pipeline.data.dataset import RawDataset, read_dataset
+from pipeline.core.errors import DatasetError
+from pipeline.core.splits import SPLITS
+from pipeline.data.images import image_hashes
 
-SPLITS = ("train", "val", "test", "stream")
 # Later splits win: an image in test is dropped from the others, one in val from train/stream, etc.
 _DEDUP_ORDER = ("test", "val", "stream", "train")
 
@@ -48,11 +49,6 @@ def cap_per_class(y: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarr
     """Sorted indices keeping at most `cap` random samples of each class."""
     keep = [rng.permutation(np.flatnonzero(y == c))[:cap] for c in np.unique(y)]
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
-
-
-def image_hashes(x: np.ndarray) -> np.ndarray:
-    """sha1 hex digest of each image's bytes."""
-    return np.array([hashlib.sha1(img.tobytes()).hexdigest() for img in np.ascontiguousarray(x)], dtype=object)
 
 
 def drop_duplicates(hashes: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, int]]:

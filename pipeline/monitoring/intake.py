@@ -24,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import drift, io
-from pipeline.config import MonitorConfig, Params, ValidateConfig
-from pipeline.errors import StageError
+from pipeline.monitoring import drift
+
+from pipeline.core import io
+from pipeline.core.config import MonitorConfig, Params, ValidateConfig
+from pipeline.core.errors import StageError
 
 REJECTED = "rejected"
 HISTORY_LIMIT = 1000  # most recent events kept in the state file
@@ -125,7 +127,7 @@ def validate_batch(x: np.ndarray, y: np.ndarray, class_names: list[str], image_s
                    cfg: ValidateConfig | None = None, source: str | Path = "<batch>") -> dict:
     """Run the per-image GX expectations of pipeline/validate.py (labels, shape, dtype, non-finite, pixel stats) on
     one batch; return {"success", "rows", "statistics", "failures", "reasons"}. An empty batch raises StageError."""
-    from pipeline import validate
+    from pipeline.stages import validate
 
     cfg = cfg or ValidateConfig()
     x, y = np.asarray(x), np.asarray(y)
@@ -155,7 +157,7 @@ def validate_batch(x: np.ndarray, y: np.ndarray, class_names: list[str], image_s
 
 def model_input(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
     """Ingested uint8 NHWC images in the model's channel layout (as `mlops preprocess` does), as float32 0-255."""
-    from pipeline.preprocess import convert_channels
+    from pipeline.data.images import convert_channels
 
     x = np.asarray(x)
     if x.ndim == 3:

@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline import io
-from pipeline.config import DeployConfig, Params
-from pipeline.errors import StageError
+from pipeline.core import io
+from pipeline.core.config import DeployConfig, Params
+from pipeline.core.errors import StageError
 
 RELEASE_FILES = ("model.tflite", "labels.json", "manifest.json")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
@@ -273,7 +273,7 @@ def publish(cfg: DeployConfig, model_name: str, version: str, tflite_path: str |
     re-publishing it with *different* bytes is refused (releases are immutable). Returns
     {"manifest", "release", "pointer", "objects": {file: s3 URL}, "version", "skipped": False}.
     """
-    from pipeline.tflite import TFLiteModel
+    from pipeline.ml.tflite import TFLiteModel
 
     version = _version(version)
     tflite_path = Path(tflite_path)
@@ -444,7 +444,7 @@ def _find_labels(tflite: Path, root: Path) -> list[str]:
 
 def publish_champion(params: Params) -> dict:
     """Publish the registry's `champion` to S3 unless the pointer already names that version."""
-    from pipeline import registry
+    from pipeline.registry import store as registry
 
     name = params.register_.model_name
     cfg = params.deploy

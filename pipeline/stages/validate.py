@@ -12,7 +12,6 @@ each failing expectation with example rows (split, index, label, offending value
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -22,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import io
-from pipeline.config import ValidateConfig
-from pipeline.errors import StageError
+from pipeline.core import io
+from pipeline.core.config import ValidateConfig
+from pipeline.core.errors import StageError
+from pipeline.core.splits import REQUIRED_SPLITS, SPLITS
+from pipeline.data.images import image_hashes
 
-SPLITS = ("train", "val", "test", "stream")
-REQUIRED_SPLITS = ("train", "val", "test")
 _CHUNK = 8192  # images per vectorised block: bounds float64 temporaries to ~50 MB for 28x28x1
 
 # Columns shown in example rows for each table (besides the failing column itself).
@@ -88,11 +87,6 @@ def _image_stats(x: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _hashes(x: np.ndarray) -> list[str]:
-    flat = np.ascontiguousarray(x.reshape(len(x), -1))
-    return [hashlib.sha1(row).hexdigest() for row in flat]
-
-
 def _shape_columns(x: np.ndarray) -> tuple[int, int, int]:
     """(height, width, channels) of an NHWC array; a missing channel axis reads as channels=0, so it fails."""
     dims = list(x.shape[1:]) + [0] * max(0, 3 - (x.ndim - 1))
@@ -124,7 +118,7 @@ def image_rows(x: np.ndarray, y: np.ndarray, split: str, offset: int = 0) -> pd.
         "dtype": str(x.dtype),
         "mean": stats["mean"], "std": stats["std"], "min": stats["min"], "max": stats["max"],
         "non_finite": stats["non_finite"],
-        "hash": _hashes(x),
+        "hash": image_hashes(x),
     })
 
 

@@ -54,7 +54,7 @@ class TFLiteModel:
 
     def latency_ms(self, sample: np.ndarray, runs: int) -> float:
         """Median wall time of a batch-1 prediction, in milliseconds."""
-        from pipeline.timing import median_latency_ms
+        from pipeline.ml.timing import median_latency_ms
 
         one = np.asarray(sample[:1], dtype=np.float32)
         return median_latency_ms(lambda: self._invoke(one), runs)

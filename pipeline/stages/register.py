@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import io
-from pipeline.config import Params
+from pipeline.core import io
+from pipeline.core.config import Params
 
 PIP_REQUIREMENTS = ["ai-edge-litert==2.3.0", "numpy==2.4.6", "mlflow==3.17.2"]
 
@@ -37,7 +37,7 @@ def numeric_metrics(prefix: str, obj) -> dict[str, float]:
 
 
 def lineage_tags(params: Params, manifest: dict, validation: dict, evaluation: dict) -> dict[str, str]:
-    from pipeline import registry
+    from pipeline.registry import store as registry
 
     tags = {
         **registry.git_commit(),
@@ -90,8 +90,8 @@ def run(params: Params, params_path: Path, out_path: Path, *, data_dir: Path = P
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from pipeline import registry
-    from pipeline.serving import TFLiteClassifier
+    from pipeline.registry import store as registry
+    from pipeline.registry.pyfunc import TFLiteClassifier
 
     reg = params.register_
     stats = io.read_json(Path(data_dir) / "stats.json")

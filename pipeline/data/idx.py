@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import RawDataset, locate
-from pipeline.errors import DatasetError
+from pipeline.data.dataset import RawDataset, locate
+from pipeline.core.errors import DatasetError
 
 FASHION_MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
