@@ -46,7 +46,7 @@ def log_batch(experiment: str, model_name: str, version: str, record: dict) -> N
     import mlflow
 
     from pipeline.registry import store as registry
-    from pipeline.stages.register import numeric_metrics
+    from pipeline.core.metrics import numeric_metrics
 
     experiment_id = registry.ensure_experiment(experiment)
     assessment = record.get("assessment") or {}

@@ -13,6 +13,29 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PathsConfig(Section):
+    """Where every stage reads and writes, relative to the project root (dvc.yaml interpolates these)."""
+
+    raw_cache: str = "data/cache"  # downloads of ingest.url
+    ingested: str = "data/ingested"
+    accepted: str = "data/accepted"  # monitored batches accepted for retraining (an ingest dependency)
+    incoming: str = "data/incoming"  # where new batches arrive for the monitor
+    monitor_state: str = "data/monitor/state.json"
+    validation_report: str = "reports/validation.json"
+    data_docs: str = "reports/data_docs"
+    prepared: str = "data/prepared"
+    model: str = "models/model.keras"
+    train_metrics: str = "metrics/train.json"
+    train_plots: str = "plots/train"
+    train_backup: str = ".cache/train_backup"
+    compressed: str = "models/compressed"
+    compress_metrics: str = "metrics/compress.json"
+    evaluate_metrics: str = "metrics/evaluate.json"
+    evaluation_report: str = "reports/evaluation.json"
+    evaluate_plots: str = "plots/evaluate"
+    registration: str = "reports/registration.json"
+
+
 class IngestConfig(Section):
     dataset: Literal["fashion-mnist", "cifar10", "image-folder"] = "fashion-mnist"
     source: str = "/usr/share/datasets/fashion-mnist"
@@ -90,9 +113,6 @@ class RegisterConfig(Section):
 
 class MonitorConfig(Section):
     batch_size: int = Field(500, ge=1)
-    incoming_dir: str = "data/incoming"
-    accepted_dir: str = "data/accepted"
-    state_path: str = "data/monitor/state.json"
     drift_p_value: float = Field(0.01, gt=0, lt=1)
     psi_threshold: float = Field(0.2, gt=0)
     max_accuracy_drop: float = Field(0.03, ge=0, le=1)
@@ -132,6 +152,7 @@ def valid_endpoint(url: str) -> bool:
 
 class Params(Section):
     seed: int = 42
+    paths: PathsConfig = PathsConfig()
     ingest: IngestConfig = IngestConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     preprocess: PreprocessConfig = PreprocessConfig()

@@ -103,7 +103,7 @@ def _umask() -> int:
 
 def write_json(path: str | Path, obj: object) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def read_json(path: str | Path) -> dict:
@@ -113,7 +113,8 @@ def read_json(path: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _json_default(obj: object) -> object:
+def json_default(obj: object) -> object:
+    """`json.dumps` fallback: numpy scalars and arrays as Python values, paths as text."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

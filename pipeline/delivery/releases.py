@@ -329,7 +329,7 @@ def publish(cfg: DeployConfig, model_name: str, version: str, tflite_path: str |
         if existing is not None:
             manifest = existing
         else:
-            manifest_bytes = (json.dumps(manifest, indent=2, default=io._json_default) + "\n").encode()
+            manifest_bytes = (json.dumps(manifest, indent=2, default=io.json_default) + "\n").encode()
             _put_verified(s3, bucket, keys["manifest.json"], manifest_bytes, "application/json")
 
         old = _get_bytes(s3, bucket, pointer_key(cfg, model_name))

@@ -7,6 +7,13 @@ from pathlib import Path
 import numpy as np
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, K) logits as float probabilities (numerically stable)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 class TFLiteModel:
     """A loaded .tflite classifier. Input: float pixels (N,H,W,C) in 0–255; output: float32 logits (N,K)."""
 

@@ -24,6 +24,6 @@ class TFLiteClassifier(mlflow.pyfunc.PythonModel):
         x = np.asarray(model_input, dtype=np.float32)
         if x.ndim == len(self.model.input_shape):
             x = x[None]
-        logits = self.model.predict(x)
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
+        from pipeline.ml.tflite import softmax
+
+        return softmax(self.model.predict(x))

@@ -68,14 +68,11 @@ def version_by_alias(model_name: str, alias: str):
         raise
 
 
-def download_tflite(model_name: str, alias: str, dest: Path) -> Path | None:
-    """Download the .tflite served by `model_name@alias` into dest; None if there is no such alias."""
+def download_tflite(model_name: str, version: str, dest: Path) -> Path | None:
+    """Download version `version` of `model_name` into dest; the path of its .tflite, None if it has none."""
     import mlflow
 
-    version = version_by_alias(model_name, alias)
-    if version is None:
-        return None
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version.version}",
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}",
                                                      dst_path=str(dest)))
     found = sorted(local.rglob("*.tflite"))
     return found[0] if found else None

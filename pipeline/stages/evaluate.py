@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -75,22 +74,21 @@ def _keras_scores(model_path: Path, x: np.ndarray, batch_size: int, runs: int) -
 
 def _champion(registry: RegisterConfig, x: np.ndarray, y: np.ndarray, chosen_pred: np.ndarray,
               batch_size: int) -> dict | None:
-    from pipeline.registry import store as reg
-    from pipeline.ml.tflite import TFLiteModel
+    """The registry champion scored on the same test split (None when there is no champion yet)."""
+    from pipeline.registry.champion import IncompleteVersion, load_by_alias
 
-    version = reg.version_by_alias(registry.model_name, "champion")
-    if version is None:
+    try:
+        champion = load_by_alias(registry.model_name)
+    except IncompleteVersion as exc:
+        return {"version": exc.version, "comparable": False, "reason": str(exc)}
+    if champion is None:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = reg.download_tflite(registry.model_name, "champion", Path(tmp))
-        if path is None:
-            return {"version": version.version, "comparable": False, "reason": "no .tflite among its artifacts"}
-        model = TFLiteModel(path)
-        if model.input_shape != x.shape[1:]:
-            return {"version": version.version, "comparable": False,
-                    "reason": f"input shape {model.input_shape} != test images {x.shape[1:]}"}
-        pred = model.predict(x, batch_size).argmax(axis=1)
-    return {"version": version.version, "comparable": True, "accuracy": round(float(np.mean(pred == y)), 4),
+    model = champion.model()
+    if model.input_shape != x.shape[1:]:
+        return {"version": champion.version, "comparable": False,
+                "reason": f"input shape {model.input_shape} != test images {x.shape[1:]}"}
+    pred = model.predict(x, batch_size).argmax(axis=1)
+    return {"version": champion.version, "comparable": True, "accuracy": round(float(np.mean(pred == y)), 4),
             "mcnemar": mcnemar(y, pred, chosen_pred)}
 
 

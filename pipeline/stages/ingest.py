@@ -2,6 +2,7 @@
 and write uint8 NHWC shards plus a checksummed manifest.json atomically.
 
 Pure logic lives in the helpers (index arithmetic on labels and image hashes); I/O is in `run`.
+Command: `python -m pipeline.stages.ingest` (what dvc.yaml runs) or `mlops ingest`.
 """
 
 from __future__ import annotations
@@ -9,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
 from pipeline.core import io
+from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, load, path_or
 from pipeline.core.config import IngestConfig
-from pipeline.data.dataset import RawDataset, read_dataset
 from pipeline.core.errors import DatasetError
 from pipeline.core.splits import SPLITS
+from pipeline.data.dataset import RawDataset, read_dataset
 from pipeline.data.images import image_hashes
 
 # Later splits win: an image in test is dropped from the others, one in val from train/stream, etc.
@@ -156,7 +160,11 @@ def add_accepted(splits: dict[str, tuple[np.ndarray, np.ndarray]], accepted: tup
 
 def run(cfg: IngestConfig, seed: int, out_dir: Path, cache_dir: Path = Path("data/cache"),
         accepted_dir: Path | None = None) -> dict:
-    """Read, split (plus accepted monitoring batches) and write to `out_dir` atomically; return the manifest."""
+    """Read, split (plus accepted monitoring batches) and write to `out_dir` atomically; return the manifest.
+
+    Reads: the dataset at `cfg.source` (or `cfg.url`, cached in `cache_dir`), accepted batches in `accepted_dir`.
+    Writes: `out_dir/{train,val,test,stream}-*.npz` shards and `out_dir/manifest.json`.
+    """
     raw = read_dataset(cfg, Path(cache_dir))
     check_raw(raw)
     splits, dropped = make_splits(raw, cfg, seed)
@@ -208,3 +216,20 @@ def load_accepted(accepted_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | N
         xs.append(x)
         ys.append(y.astype(np.int64))
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def command(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    out: Annotated[Path | None, typer.Option(help="Directory for shards + manifest.json (default: paths.ingested).")] = None,
+) -> None:
+    """Read the configured dataset into seeded train/val/test/stream shards with a checksummed manifest."""
+    cfg = load(params)
+    out = path_or(out, cfg.paths.ingested)
+    manifest = call(run, cfg.ingest, seed=cfg.seed, out_dir=out, cache_dir=Path(cfg.paths.raw_cache),
+                    accepted_dir=Path(cfg.paths.accepted))
+    counts = {k: v["count"] for k, v in manifest["splits"].items()}
+    typer.echo(f"ingested {cfg.ingest.dataset}: {counts} -> {out}")
+
+
+if __name__ == "__main__":
+    typer.run(command)

@@ -17,23 +17,9 @@ import numpy as np
 
 from pipeline.core import io
 from pipeline.core.config import Params
+from pipeline.core.metrics import flatten, numeric_metrics
 
 PIP_REQUIREMENTS = ["ai-edge-litert==2.3.0", "numpy==2.4.6", "mlflow==3.17.2"]
-
-
-def flatten(prefix: str, obj) -> dict[str, object]:
-    """{'train': {'augment': {'flip': True}}} → {'train.augment.flip': True}."""
-    if isinstance(obj, dict):
-        out: dict[str, object] = {}
-        for key, value in obj.items():
-            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), value))
-        return out
-    return {prefix: obj}
-
-
-def numeric_metrics(prefix: str, obj) -> dict[str, float]:
-    return {k: float(v) for k, v in flatten(prefix, obj).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
 
 
 def lineage_tags(params: Params, manifest: dict, validation: dict, evaluation: dict) -> dict[str, str]:
