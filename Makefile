@@ -1,4 +1,5 @@
 # The README's two commands: `make run` (set up + full pipeline on Fashion-MNIST) and `make test`.
+# `make lint`: the static checks (ruff, mypy, import-linter contracts, shellcheck), as CI runs them before the tests.
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
@@ -9,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run setup dataset test test-fast repro mlflow-ui bench
+.PHONY: run setup dataset test test-fast repro mlflow-ui bench lint lint-tools
 
 run: setup dataset  ## set up and run the whole pipeline (dvc repro) on the default dataset
 	time dvc repro
@@ -37,6 +38,30 @@ test: setup dataset  ## the full test suite (unit, data, model, integration)
 
 test-fast: setup  ## everything but the integration tier
 	$(BIN)/python -m pytest -q -m "not integration"
+
+# Python: ruff on the packages and the benchmark scripts; mypy and import-linter (contracts in pyproject.toml)
+# on the packages. Shell: every script under infra/ and bench/, and the CI entry point.
+LINT_PY := pipeline flows bench
+SHELL_SCRIPTS = .ci/run $(sort $(wildcard infra/*/*.sh bench/*.sh))
+
+lint: setup lint-tools  ## static checks; every check runs, then the target fails if any failed
+	@failed=(); \
+	check() { local name="$$1"; shift; echo "=== $$name: $$*"; if "$$@"; then echo "=== $$name: ok"; \
+	          else echo "=== $$name: FAILED"; failed+=("$$name"); fi; }; \
+	check "ruff check" $(BIN)/ruff check $(LINT_PY); \
+	check "ruff format" $(BIN)/ruff format --check $(LINT_PY); \
+	check "mypy" $(BIN)/mypy pipeline flows; \
+	check "import-linter" $(BIN)/lint-imports --no-logo; \
+	check "shellcheck" shellcheck $(SHELL_SCRIPTS); \
+	if (( $${#failed[@]} )); then echo "make lint: failed: $${failed[*]}" >&2; exit 1; fi; \
+	echo "make lint: all checks passed"
+
+lint-tools:  ## shellcheck from apt when missing (the Python tools come with `make setup`: the dev extra)
+	@if ! command -v shellcheck >/dev/null; then \
+	  if command -v apt-get >/dev/null; then \
+	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq shellcheck; \
+	  else echo "no apt-get: install shellcheck (https://www.shellcheck.net) and rerun" >&2; exit 1; fi; \
+	fi
 
 mlflow-ui:  ## browse runs and the model registry of the embedded store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db --port 5000

@@ -20,7 +20,15 @@ RESULTS = ROOT / "bench" / "results.json"
 from tests.helpers_project import make_project, run, tool_env  # noqa: E402
 from tests.helpers_s3 import free_port  # noqa: E402
 
-__all__ = ["ROOT", "make_project", "run", "tool_env", "timed", "prefect_server", "save", "free_port"]
+__all__ = ["ROOT", "make_project", "run", "tool_env", "timed", "prefect_server", "save", "free_port", "paths_of"]
+
+
+def paths_of(workspace: Path) -> dict[str, Path]:
+    """The `paths:` section of a workspace's params.yaml, as absolute paths under that workspace."""
+    from pipeline.core.config import load_params
+
+    paths = load_params(Path(workspace) / "params.yaml").paths
+    return {name: Path(workspace) / value for name, value in paths.model_dump().items()}
 
 
 def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> float:

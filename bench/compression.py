@@ -13,11 +13,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import ROOT, save  # noqa: E402
+from common import ROOT, paths_of, save  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-VARIANTS = ("fp32", "fp16", "dynamic", "int8")
+from pipeline.ml.conversion import VARIANTS  # noqa: E402
 
 
 def keras_latency_ms(model, one: np.ndarray, runs: int) -> float:
@@ -49,9 +49,10 @@ def main() -> None:
     from pipeline.ml.tflite import TFLiteModel
 
     ws = args.workspace
-    x, y = io.read_split(ws / "data/prepared", "test")
+    paths = paths_of(ws)
+    x, y = io.read_split(paths["prepared"], "test")
     x = x.astype(np.float32)
-    keras_model = keras.models.load_model(ws / "models/model.keras")
+    keras_model = keras.models.load_model(paths["model"])
     keras_acc = float(np.mean(keras_model.predict(x, batch_size=256, verbose=0).argmax(1) == y))
     figures = {"keras_fp32": {"accuracy": round(keras_acc, 4),
                               "latency_ms_batch1": round(keras_latency_ms(keras_model, x[:1], 100), 3),
@@ -59,7 +60,7 @@ def main() -> None:
                                   lambda b: keras_model.predict_on_batch(b), x), 1)}}
     sizes = {}
     for v in VARIANTS:
-        path = ws / "models/compressed" / f"{v}.tflite"
+        path = paths["compressed"] / f"{v}.tflite"
         sizes[v] = path.stat().st_size
         model = TFLiteModel(path)
         acc = float(np.mean(model.predict(x).argmax(1) == y))

@@ -12,9 +12,11 @@ case "${1:-run}" in
       pydantic==2.14.4 pydantic_core==2.50.5 typing_inspection annotated_types PyYAML==6.0.4 markdown-it-py mdurl pygments
     .venv/bin/python - <<'PY'
 import numpy as np
-from pipeline import io
-x, y = io.read_split("data/prepared", "train")
-xv, yv = io.read_split("data/prepared", "val")
+from pipeline.core import io
+from pipeline.core.config import load_params
+prepared = load_params("params.yaml").paths.prepared
+x, y = io.read_split(prepared, "train")
+xv, yv = io.read_split(prepared, "val")
 np.savez_compressed("bench/gpu_payload/fashion.npz", x_train=x, y_train=y, x_val=xv, y_val=yv)
 PY
     du -sh "$PAYLOAD" ;;

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import make_project, prefect_server, run, save, timed
+from common import make_project, paths_of, prefect_server, run, save, timed
 
 
 def main() -> None:
@@ -29,8 +29,8 @@ def main() -> None:
 
     full = timed(["dvc", "repro"], bare)
     noop = min(timed(["dvc", "repro"], bare) for _ in range(3))
-    record = json.loads((bare / "reports/registration.json").read_text())
-    train = json.loads((bare / "metrics/train.json").read_text())
+    record = json.loads(paths_of(bare)["registration"].read_text())
+    train = json.loads(paths_of(bare)["train_metrics"].read_text())
 
     with prefect_server() as env:
         code = ("from flows.training import training_flow; "

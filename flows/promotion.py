@@ -6,60 +6,73 @@ input API; `mlops promote --approve/--reject` is the same decision from a shell.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
+if TYPE_CHECKING:
+    from pipeline.core.config import Params
+
 
 class Approval(RunInput):
+    """The approver's answer: the Prefect UI renders it as the form of the paused run."""
+
     approve: bool
     approver: str
     reason: str = ""
 
 
+def _project(project_dir: str) -> tuple[Path, Params]:
+    """The resolved project root and its params.yaml; the registry's embedded store is found under it."""
+    from pipeline.core.config import load_params
+    from pipeline.registry import store
+
+    root = Path(project_dir).resolve()
+    store.use_project(root)
+    return root, load_params(root / "params.yaml")
+
+
 @task(cache_policy=NO_CACHE)
 def review(model_name: str) -> dict:
-    from pipeline.registry import promotion as promote
+    """Compare challenger and champion; publish the table as the `promotion-review` artifact."""
+    from pipeline.registry import promotion
 
-    cmp = promote.compare(model_name)
-    create_markdown_artifact(promote.comparison_markdown(cmp), key="promotion-review",
+    cmp = promotion.compare(model_name)
+    create_markdown_artifact(promotion.comparison_markdown(cmp), key="promotion-review",
                              description=f"{model_name}: challenger v{cmp['challenger']['version']}")
     return cmp
 
 
 @task(cache_policy=NO_CACHE)
 def decide(model_name: str, decision: Approval) -> dict:
-    from pipeline.registry import promotion as promote
+    """Carry out the approver's decision (audited)."""
+    from pipeline.registry import promotion
 
     if decision.approve:
-        return promote.approve(model_name, decision.approver, decision.reason)
-    return promote.reject(model_name, decision.approver, decision.reason)
+        return promotion.approve(model_name, decision.approver, decision.reason)
+    return promotion.reject(model_name, decision.approver, decision.reason)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 30])
 def deploy(project_dir: str) -> dict:
     """Publish the new champion to S3 (safe to retry: the pointer flips only after a complete upload)."""
-    import os
+    from pipeline.delivery import releases
 
-    from pipeline.delivery import releases as deployer
-    from pipeline.core.config import load_params
-
-    os.chdir(project_dir)
-    return deployer.publish_champion(load_params("params.yaml"))
+    _, params = _project(project_dir)
+    return releases.publish_champion(params)
 
 
 @flow(name="promotion", log_prints=True)
 def promotion_flow(model_name: str | None = None, project_dir: str = ".", timeout_s: int = 7 * 24 * 3600,
                    publish: bool = True) -> dict:
     """Review → pause for approval → approve (champion moves, audited, deployed) or reject (tagged)."""
-    import os
-
-    from pipeline.core.config import load_params
-
-    os.chdir(project_dir)
-    model_name = model_name or load_params("params.yaml").register_.model_name
+    root, params = _project(project_dir)
+    model_name = model_name or params.register_.model_name
     logger = get_run_logger()
     cmp = review(model_name)
     if not cmp["challenger"]["blessed"]:
@@ -72,7 +85,7 @@ def promotion_flow(model_name: str | None = None, project_dir: str = ".", timeou
     record = decide(model_name, decision)
     result = {"decision": record["action"], "audit": record}
     if decision.approve and publish:
-        result["deployment"] = deploy(os.getcwd())
+        result["deployment"] = deploy(str(root))
     return result
 
 

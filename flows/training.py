@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.common import dvc_remote_configured, run_streaming, workspace_lock
+from pipeline.registry.aliases import CHALLENGER
+
+if TYPE_CHECKING:
+    from pipeline.core.config import PathsConfig
 
 STAGES = ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "register")
 
@@ -40,14 +44,19 @@ def dvc_push(project_dir: str) -> bool:
 
 
 def _read(path: Path) -> dict:
+    """A JSON file's content, {} when it does not exist (a stage that did not run)."""
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def summary_markdown(project_dir: Path, ran: dict[str, bool]) -> str:
-    train = _read(project_dir / "metrics/train.json")
-    compress = _read(project_dir / "metrics/compress.json")
-    evaluation = _read(project_dir / "metrics/evaluate.json")
-    record = _read(project_dir / "reports/registration.json")
+def summary_markdown(project_dir: Path, ran: dict[str, bool], paths: PathsConfig | None = None) -> str:
+    """The run's stages and headline metrics as a markdown table (the `training-summary` artifact)."""
+    from pipeline.core.config import PathsConfig
+
+    paths = paths or PathsConfig()
+    train = _read(project_dir / paths.train_metrics)
+    compress = _read(project_dir / paths.compress_metrics)
+    evaluation = _read(project_dir / paths.evaluate_metrics)
+    record = _read(project_dir / paths.registration)
     lines = ["## Training run", "", "| stage | ran |", "|---|---|"]
     lines += [f"| {s} | {'yes' if r else 'up to date'} |" for s, r in ran.items()]
     lines += ["", "| metric | value |", "|---|---|",
@@ -69,7 +78,7 @@ def summary_markdown(project_dir: Path, ran: dict[str, bool]) -> str:
 def training_flow(overrides: dict[str, Any] | None = None, project_dir: str = ".", promote: bool = True,
                   wait_for_workspace_s: float = 600.0) -> dict:
     """Run the DVC pipeline stage by stage; start the promotion review when a new challenger exists."""
-    from pipeline.core.config import update_params
+    from pipeline.core.config import load_params, update_params
 
     root = Path(project_dir).resolve()
     logger = get_run_logger()
@@ -79,10 +88,11 @@ def training_flow(overrides: dict[str, Any] | None = None, project_dir: str = ".
             logger.info(f"params.yaml updated: {overrides}")
         ran = {stage: repro_stage(stage, str(root)) for stage in STAGES}
         pushed = dvc_push(str(root))
-    record = _read(root / "reports/registration.json")
-    create_markdown_artifact(summary_markdown(root, ran), key="training-summary", description="Training run")
+    paths = load_params(root / "params.yaml").paths
+    record = _read(root / paths.registration)
+    create_markdown_artifact(summary_markdown(root, ran, paths), key="training-summary", description="Training run")
     result = {"ran": ran, "pushed": pushed, "registration": record}
-    if promote and ran["register"] and record.get("alias") == "challenger":
+    if promote and ran["register"] and record.get("alias") == CHALLENGER:
         result["promotion_flow_run"] = start_promotion(record["model_name"])
     return result
 

@@ -11,18 +11,30 @@ from pathlib import Path
 import yaml
 
 LOCAL_DIR = Path("mlflow")
+_project_dir: Path | None = None  # set by use_project(); None: the current directory is the project root
+
+
+def use_project(root: str | Path) -> None:
+    """Find the embedded store under `root` instead of the current directory (flows run without chdir)."""
+    global _project_dir
+    _project_dir = Path(root).resolve()
+
+
+def local_dir() -> Path:
+    """The project's MLflow folder: <project root>/mlflow."""
+    return (_project_dir or Path.cwd()) / LOCAL_DIR
 
 
 def embedded_uri() -> str:
-    """The project's own sqlite store, ./mlflow/mlflow.db (git-ignored)."""
-    return f"sqlite:///{(Path.cwd() / LOCAL_DIR / 'mlflow.db').resolve()}"
+    """The project's own sqlite store, <project root>/mlflow/mlflow.db (git-ignored)."""
+    return f"sqlite:///{(local_dir() / 'mlflow.db').resolve()}"
 
 
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else the embedded store."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri()
     if uri == embedded_uri():
-        (Path.cwd() / LOCAL_DIR).mkdir(parents=True, exist_ok=True)
+        local_dir().mkdir(parents=True, exist_ok=True)
     return uri
 
 
@@ -50,7 +62,7 @@ def ensure_experiment(name: str) -> str:
         return exp.experiment_id
     location = None
     if tracking_uri() == embedded_uri():  # (mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI)
-        location = (Path.cwd() / LOCAL_DIR / "artifacts").resolve().as_uri()
+        location = (local_dir() / "artifacts").resolve().as_uri()
     exp_id = c.create_experiment(name, artifact_location=location)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id

@@ -1,4 +1,7 @@
-"""Compress stage: magnitude pruning + fine-tune, then TFLite fp32 / fp16 / dynamic-range / full-int8."""
+"""Compress stage: magnitude pruning + fine-tune, then TFLite fp32 / fp16 / dynamic-range / full-int8.
+
+Command: `python -m pipeline.stages.compress` (what dvc.yaml runs) or `mlops compress`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,13 @@ import gzip
 import sys
 import tempfile
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
 from pipeline.core import io
+from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, load, path_or
 from pipeline.core.config import CompressConfig
 from pipeline.ml.conversion import VARIANTS, convert, export_saved_model
 
@@ -41,6 +47,12 @@ def size_info(path: Path) -> dict:
 
 
 def run(cfg: CompressConfig, seed: int, data_dir: Path, model_path: Path, out_dir: Path, metrics_path: Path) -> dict:
+    """Prune + fine-tune the trained model, then convert it to every TFLite variant.
+
+    Reads: `data_dir/stats.json` and train shards (fine-tuning, int8 calibration), `model_path` (.keras).
+    Writes: `out_dir/` (pruned.keras and {fp32,fp16,dynamic,int8}.tflite, atomically) and `metrics_path`
+    (sparsity, sizes, gzip sizes, size ratios vs fp32).
+    """
     import keras
 
     stats = io.read_json(Path(data_dir) / "stats.json")
@@ -68,3 +80,25 @@ def run(cfg: CompressConfig, seed: int, data_dir: Path, model_path: Path, out_di
     }
     io.write_json(metrics_path, metrics)
     return metrics
+
+
+def command(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    data: Annotated[Path | None, typer.Option(help="Prepared shards directory (default: paths.prepared).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Trained Keras model (default: paths.model).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Directory for the pruned model and .tflite variants "
+                                                  "(default: paths.compressed).")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="Metrics JSON to write (default: paths.compress_metrics).")] = None,
+) -> None:
+    """Magnitude-prune and fine-tune, then convert to TFLite fp32 / fp16 / dynamic / int8."""
+    cfg = load(params)
+    paths = cfg.paths
+    result = call(run, cfg.compress, seed=cfg.seed, data_dir=path_or(data, paths.prepared),
+                  model_path=path_or(model, paths.model), out_dir=path_or(out, paths.compressed),
+                  metrics_path=path_or(metrics, paths.compress_metrics))
+    for name, info in result["variants"].items():
+        typer.echo(f"{name:8s} {info['bytes']:>10,d} B  gz {info['gzip_bytes']:>10,d} B")
+
+
+if __name__ == "__main__":
+    typer.run(command)

@@ -1,13 +1,19 @@
-"""Evaluate stage: every variant on the test split, comparison with the registry champion, blessing decision."""
+"""Evaluate stage: every variant on the test split, comparison with the registry champion, blessing decision.
+
+Command: `python -m pipeline.stages.evaluate` (what dvc.yaml runs) or `mlops evaluate`.
+"""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
 from pipeline.core import io
+from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, load, path_or
 from pipeline.ml.conversion import VARIANTS
 from pipeline.core.config import EvaluateConfig, RegisterConfig
 
@@ -99,15 +105,11 @@ def _write_confusion_csv(path: Path, y: np.ndarray, pred: np.ndarray, names: lis
         writer.writerows((names[a], names[p]) for a, p in zip(y, pred))
 
 
-def run(cfg: EvaluateConfig, registry: RegisterConfig, data_dir: Path, model_path: Path, compressed_dir: Path,
-        metrics_path: Path, report_path: Path, plots_dir: Path) -> dict:
-    from pipeline.ml import plots
+def _predict_all(cfg: EvaluateConfig, x: np.ndarray, model_path: Path, compressed_dir: Path
+                 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Predicted classes and batch-1 latency (ms) of the Keras models and of every .tflite variant."""
     from pipeline.ml.tflite import TFLiteModel
 
-    stats = io.read_json(Path(data_dir) / "stats.json")
-    names = stats["class_names"]
-    x, y = io.read_split(data_dir, "test")
-    x = x.astype(np.float32)
     predictions, latency = {}, {}
     runs = min(cfg.latency_runs, 50)
     predictions["keras"], latency["keras"] = _keras_scores(Path(model_path), x, cfg.batch_size, runs)
@@ -117,7 +119,23 @@ def run(cfg: EvaluateConfig, registry: RegisterConfig, data_dir: Path, model_pat
         model = TFLiteModel(Path(compressed_dir) / f"{variant}.tflite")
         predictions[variant] = model.predict(x, cfg.batch_size)
         latency[variant] = model.latency_ms(x, cfg.latency_runs)
-    labels = {k: v.argmax(axis=1) for k, v in predictions.items()}
+    return {k: v.argmax(axis=1) for k, v in predictions.items()}, latency
+
+
+def run(cfg: EvaluateConfig, registry: RegisterConfig, data_dir: Path, model_path: Path, compressed_dir: Path,
+        metrics_path: Path, report_path: Path, plots_dir: Path) -> dict:
+    """Score every variant, compare the deploy variant with the registry champion, decide the blessing.
+
+    Reads: `data_dir/stats.json` and test shards, `model_path`, `compressed_dir/` (pruned.keras, *.tflite), the
+    registry's champion (MLflow). Writes: `metrics_path`, `report_path` (per-class scores, confusion matrix,
+    champion comparison, decision with reasons) and `plots_dir/` (confusion_matrix.png, confusion.csv).
+    """
+    from pipeline.ml import plots
+
+    names = io.read_json(Path(data_dir) / "stats.json")["class_names"]
+    x, y = io.read_split(data_dir, "test")
+    x = x.astype(np.float32)
+    labels, latency = _predict_all(cfg, x, model_path, compressed_dir)
     acc = {k: float(np.mean(p == y)) for k, p in labels.items()}
 
     chosen = labels[cfg.deploy_variant]
@@ -144,3 +162,32 @@ def run(cfg: EvaluateConfig, registry: RegisterConfig, data_dir: Path, model_pat
     io.write_json(report_path, report)
     io.write_json(metrics_path, metrics)
     return report
+
+
+def command(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    data: Annotated[Path | None, typer.Option(help="Prepared shards directory (default: paths.prepared).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Trained Keras model (default: paths.model).")] = None,
+    compressed: Annotated[Path | None, typer.Option(help="Directory of .tflite variants "
+                                                         "(default: paths.compressed).")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="Metrics JSON (default: paths.evaluate_metrics).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Decision report JSON, blessed + reasons "
+                                                     "(default: paths.evaluation_report).")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Directory for confusion matrix PNG/CSV "
+                                                    "(default: paths.evaluate_plots).")] = None,
+) -> None:
+    """Score every variant on the test split, compare with the registry champion, write the blessing decision."""
+    cfg = load(params)
+    paths, variant = cfg.paths, cfg.evaluate.deploy_variant
+    result = call(run, cfg.evaluate, registry=cfg.register_, data_dir=path_or(data, paths.prepared),
+                  model_path=path_or(model, paths.model), compressed_dir=path_or(compressed, paths.compressed),
+                  metrics_path=path_or(metrics, paths.evaluate_metrics),
+                  report_path=path_or(report, paths.evaluation_report), plots_dir=path_or(plots, paths.evaluate_plots))
+    decision = result["decision"]
+    typer.echo(f"{variant} accuracy={result['variants'][variant]['accuracy']:.4f} blessed={decision['blessed']}")
+    for reason in decision["reasons"]:
+        typer.echo(f"  [{'ok' if reason['passed'] else 'FAIL'}] {reason['check']}: {reason['detail']}")
+
+
+if __name__ == "__main__":
+    typer.run(command)

@@ -2,16 +2,20 @@
 
 Images stay uint8 NHWC (4x smaller than float32 on disk and in memory); the model normalises inside its graph with
 the per-channel mean/std written to stats.json (pixel units, 0-255, computed over the train split only).
+Command: `python -m pipeline.stages.preprocess` (what dvc.yaml runs) or `mlops preprocess`.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
 from pipeline.core import io
+from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, load, path_or
 from pipeline.core.config import PreprocessConfig
 from pipeline.core.errors import StageError
 from pipeline.core.splits import OPTIONAL_SPLITS, SPLITS
@@ -21,7 +25,12 @@ SHARD_SIZE = 20_000
 
 
 def run(cfg: PreprocessConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
-    """Convert every split of `data_dir` into `out_dir` (atomically) with stats.json and a copy of manifest.json."""
+    """Convert every split of `data_dir` into `out_dir` (atomically) with stats.json and a copy of manifest.json.
+
+    Reads: `data_dir/manifest.json` and the `{train,val,test,stream}-*.npz` shards (stream optional).
+    Writes: `out_dir/` with converted uncompressed shards, `stats.json` (shape, mean/std, class names) and
+    `manifest.json`.
+    """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     manifest = io.read_json(data_dir / "manifest.json")
 
@@ -64,3 +73,20 @@ def run(cfg: PreprocessConfig, data_dir: str | Path, out_dir: str | Path) -> dic
         shutil.copy2(data_dir / "manifest.json", tmp / "manifest.json")
         io.write_json(tmp / "stats.json", stats)
     return stats
+
+
+def command(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    data: Annotated[Path | None, typer.Option(help="Ingested shards directory (default: paths.ingested).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Directory for training-ready shards + stats.json "
+                                                  "(default: paths.prepared).")] = None,
+) -> None:
+    """Convert to the model's channel layout and record normalisation statistics."""
+    cfg = load(params)
+    out = path_or(out, cfg.paths.prepared)
+    stats = call(run, cfg.preprocess, data_dir=path_or(data, cfg.paths.ingested), out_dir=out)
+    typer.echo(f"prepared shards {stats['image_shape']} mean={stats['mean']} std={stats['std']} -> {out}")
+
+
+if __name__ == "__main__":
+    typer.run(command)

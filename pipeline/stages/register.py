@@ -2,7 +2,7 @@
 
 Only a version that evaluation blessed gets the `challenger` alias; `champion` is never touched here.
 The model version is created only after every artifact is logged, so the registry never holds a version
-without its files.
+without its files. Command: `python -m pipeline.stages.register` (what dvc.yaml runs) or `mlops register`.
 """
 
 from __future__ import annotations
@@ -12,22 +12,27 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
 from pipeline.core import io
-from pipeline.core.config import Params
+from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, load, path_or
+from pipeline.core.config import Params, PathsConfig
 from pipeline.core.metrics import flatten, numeric_metrics
+from pipeline.registry.aliases import CHALLENGER
 
 PIP_REQUIREMENTS = ["ai-edge-litert==2.3.0", "numpy==2.4.6", "mlflow==3.17.2"]
 
 
 def lineage_tags(params: Params, manifest: dict, validation: dict, evaluation: dict) -> dict[str, str]:
-    from pipeline.registry import store as registry
+    """Version tags tying the model to its code, data, validation and evaluation (the lineage)."""
+    from pipeline.registry import store
 
     tags = {
-        **registry.git_commit(),
-        **{f"dvc.{stage}": digest for stage, digest in registry.dvc_stage_hashes().items()},
+        **store.git_commit(),
+        **{f"dvc.{stage}": digest for stage, digest in store.dvc_stage_hashes().items()},
         "data.dataset": manifest["dataset"],
         "data.manifest_checksum": manifest["checksum"],
         "data.gx_success": str(validation["success"]).lower(),
@@ -43,6 +48,7 @@ def lineage_tags(params: Params, manifest: dict, validation: dict, evaluation: d
 
 
 def _log_history(mlflow, history_csv: Path) -> None:
+    """Per-epoch training curves as stepped MLflow metrics (epoch.accuracy, epoch.val_loss, ...)."""
     if not history_csv.is_file():
         return
     with open(history_csv) as fh:
@@ -51,85 +57,126 @@ def _log_history(mlflow, history_csv: Path) -> None:
             mlflow.log_metrics({f"epoch.{k}": float(v) for k, v in row.items()}, step=step)
 
 
-def _log_outputs(mlflow, folders: tuple[str, ...]) -> None:
+def _stage_outputs(paths: PathsConfig) -> list[tuple[Path, str]]:
+    """Every stage output logged with the run, and the artifact folder it goes to."""
+    return [(Path(paths.train_metrics), "metrics"), (Path(paths.compress_metrics), "metrics"),
+            (Path(paths.evaluate_metrics), "metrics"), (Path(paths.validation_report), "reports"),
+            (Path(paths.evaluation_report), "reports"), (Path(paths.data_docs), "reports"),
+            (Path(paths.train_plots), "plots/train"), (Path(paths.evaluate_plots), "plots/evaluate")]
+
+
+def _log_outputs(mlflow, outputs: list[tuple[Path, str]]) -> None:
     """Log the stage outputs; the GX data docs site (hundreds of static files) goes in as one zip."""
     import shutil
 
     with tempfile.TemporaryDirectory() as tmp:
-        for folder in folders:
-            root = Path(folder)
-            if not root.is_dir():
-                continue
-            for path in sorted(root.iterdir()):
-                if path.is_dir() and (path / "index.html").is_file():
-                    archive = shutil.make_archive(str(Path(tmp) / path.name), "zip", path)
-                    mlflow.log_artifact(archive, artifact_path=folder)
-                elif path.is_dir():
-                    mlflow.log_artifacts(str(path), artifact_path=f"{folder}/{path.name}")
-                else:
-                    mlflow.log_artifact(str(path), artifact_path=folder)
+        for path, folder in outputs:
+            if path.is_dir() and (path / "index.html").is_file():
+                mlflow.log_artifact(shutil.make_archive(str(Path(tmp) / path.name), "zip", path), artifact_path=folder)
+            elif path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=folder)
+            elif path.is_file():
+                mlflow.log_artifact(str(path), artifact_path=folder)
 
 
-def run(params: Params, params_path: Path, out_path: Path, *, data_dir: Path = Path("data/prepared"),
-        model_path: Path = Path("models/model.keras"), compressed_dir: Path = Path("models/compressed")) -> dict:
-    import mlflow
+def _signature(stats: dict):
+    """Tensor signature of the pyfunc: float32 (N, H, W, C) pixels in, (N, K) probabilities out."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from pipeline.registry import store as registry
+    shape = tuple(stats["image_shape"])
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape), "image")]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(stats["class_names"])))]))
+
+
+def _log_models(mlflow, paths: PathsConfig, stats: dict, variant: str):
+    """Log the serving pyfunc (the deploy variant's .tflite + labels.json) and the Keras model; the pyfunc's info."""
+    import keras
+
     from pipeline.registry.pyfunc import TFLiteClassifier
 
-    reg = params.register_
-    stats = io.read_json(Path(data_dir) / "stats.json")
-    manifest = io.read_json(Path(data_dir) / "manifest.json")
-    validation = io.read_json("reports/validation.json")
-    evaluation = io.read_json("reports/evaluation.json")
-    train_metrics = io.read_json("metrics/train.json")
-    compress_metrics = io.read_json("metrics/compress.json")
-    variant = evaluation["decision"]["deploy_variant"]
-    blessed = bool(evaluation["decision"]["blessed"])
+    with tempfile.TemporaryDirectory() as tmp:
+        labels = Path(tmp) / "labels.json"
+        labels.write_text(json.dumps(stats["class_names"]))
+        info = mlflow.pyfunc.log_model(
+            name="classifier", python_model=TFLiteClassifier(),
+            artifacts={"tflite": str(Path(paths.compressed) / f"{variant}.tflite"), "labels": str(labels)},
+            signature=_signature(stats), pip_requirements=PIP_REQUIREMENTS,
+        )
+    mlflow.keras.log_model(keras.models.load_model(paths.model), name="keras", pip_requirements=["keras==3.15.1"])
+    return info
 
-    client = registry.client()
-    experiment_id = registry.ensure_experiment(reg.experiment)
-    tags = lineage_tags(params, manifest, validation, evaluation)
-    shape = tuple(stats["image_shape"])
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape), "image")]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(stats["class_names"])))]))
 
+def _log_run(mlflow, params: Params, params_path: Path, inputs: dict) -> None:
+    """Params, metrics, per-epoch curves, stage outputs and lineage files of the active run."""
+    paths = params.paths
+    evaluation = inputs["evaluation"]
+    mlflow.log_params(flatten("", params.model_dump(by_alias=True, mode="json")))
+    mlflow.log_metrics({**numeric_metrics("train", inputs["train"]), **numeric_metrics("compress", inputs["compress"]),
+                        **numeric_metrics("eval", {k: v for k, v in evaluation.items()
+                                                   if k in ("accuracy", "variants", "per_class", "champion")})})
+    _log_history(mlflow, Path(paths.train_plots) / "history.csv")
+    _log_outputs(mlflow, _stage_outputs(paths))
+    for file in (Path(params_path), Path("dvc.lock"), Path(paths.prepared) / "manifest.json"):
+        if file.is_file():
+            mlflow.log_artifact(str(file), artifact_path="lineage")
+
+
+def _read_inputs(paths: PathsConfig) -> dict:
+    """The stage outputs registration reads (all written by earlier stages)."""
+    prepared = Path(paths.prepared)
+    return {"stats": io.read_json(prepared / "stats.json"), "manifest": io.read_json(prepared / "manifest.json"),
+            "validation": io.read_json(paths.validation_report), "evaluation": io.read_json(paths.evaluation_report),
+            "train": io.read_json(paths.train_metrics), "compress": io.read_json(paths.compress_metrics)}
+
+
+def run(params: Params, params_path: Path, out_path: Path) -> dict:
+    """Log one MLflow run with everything and register a model version; a blessed version gets `challenger`.
+
+    Reads (from `params.paths`): prepared stats.json + manifest.json, the validation and evaluation reports,
+    train/compress/evaluate metrics, plots, data docs, the model and the deploy variant's .tflite; `params_path`
+    and dvc.lock. Writes: the MLflow run, model version and alias, and `out_path` (the registration record).
+    """
+    import mlflow
+
+    from pipeline.registry import store
+
+    reg, inputs = params.register_, _read_inputs(params.paths)
+    decision = inputs["evaluation"]["decision"]
+    variant, blessed = decision["deploy_variant"], bool(decision["blessed"])
+    client = store.client()
+    experiment_id = store.ensure_experiment(reg.experiment)
+    tags = lineage_tags(params, inputs["manifest"], inputs["validation"], inputs["evaluation"])
     started = time.perf_counter()
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{params.train.model}-{tags['git_commit'][:8]}",
                           tags=tags) as run:
-        mlflow.log_params(flatten("", params.model_dump(by_alias=True, mode="json")))
-        mlflow.log_metrics({**numeric_metrics("train", train_metrics), **numeric_metrics("compress", compress_metrics),
-                            **numeric_metrics("eval", {k: v for k, v in evaluation.items()
-                                                       if k in ("accuracy", "variants", "per_class", "champion")})})
-        _log_history(mlflow, Path("plots/train/history.csv"))
-        _log_outputs(mlflow, ("plots", "reports", "metrics"))
-        for file in (Path(params_path), Path("dvc.lock"), Path(data_dir) / "manifest.json"):
-            if file.is_file():
-                mlflow.log_artifact(str(file), artifact_path="lineage")
-        with tempfile.TemporaryDirectory() as tmp:
-            labels = Path(tmp) / "labels.json"
-            labels.write_text(json.dumps(stats["class_names"]))
-            info = mlflow.pyfunc.log_model(
-                name="classifier", python_model=TFLiteClassifier(),
-                artifacts={"tflite": str(Path(compressed_dir) / f"{variant}.tflite"), "labels": str(labels)},
-                signature=signature, pip_requirements=PIP_REQUIREMENTS,
-            )
-        import keras
-
-        mlflow.keras.log_model(keras.models.load_model(model_path), name="keras", pip_requirements=["keras==3.15.1"])
+        _log_run(mlflow, params, params_path, inputs)
+        info = _log_models(mlflow, params.paths, inputs["stats"], variant)
         version = mlflow.register_model(info.model_uri, reg.model_name, tags=tags)
         client.set_model_version_tag(reg.model_name, version.version, "source_run_id", run.info.run_id)
-        alias = None
-        if blessed:
-            client.set_registered_model_alias(reg.model_name, "challenger", version.version)
-            alias = "challenger"
+        alias = CHALLENGER if blessed else None
+        if alias:
+            client.set_registered_model_alias(reg.model_name, alias, version.version)
         mlflow.set_tag("registered_version", version.version)
-
     record = {"model_name": reg.model_name, "version": int(version.version), "alias": alias, "blessed": blessed,
               "run_id": run.info.run_id, "model_uri": f"models:/{reg.model_name}/{version.version}",
               "experiment_id": experiment_id, "deploy_variant": variant,
               "logging_seconds": round(time.perf_counter() - started, 2)}
     io.write_json(out_path, record)
     return record
+
+
+def command(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    out: Annotated[Path | None, typer.Option(help="Registration record JSON to write "
+                                                  "(default: paths.registration).")] = None,
+) -> None:
+    """Log one MLflow run with everything, register a model version; blessed versions get `challenger`."""
+    cfg = load(params)
+    record = call(run, cfg, params_path=params, out_path=path_or(out, cfg.paths.registration))
+    typer.echo(f"registered {record['model_name']} v{record['version']} alias={record['alias'] or '-'} "
+               f"run={record['run_id']}")
+
+
+if __name__ == "__main__":
+    typer.run(command)

@@ -1,4 +1,7 @@
-"""Train stage: Keras 3 model on prepared shards; resumable, seeded, GPU-aware; writes model, metrics, curves."""
+"""Train stage: Keras 3 model on prepared shards; resumable, seeded, GPU-aware; writes model, metrics, curves.
+
+Command: `python -m pipeline.stages.train` (what dvc.yaml runs) or `mlops train`.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,13 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
 from pipeline.core import io
+from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, load, path_or
 from pipeline.core.config import TrainConfig
 from pipeline.core.errors import StageError
 from pipeline.ml.batching import make_batches
@@ -42,65 +48,13 @@ def _fit_inputs(keras, x, y, x_val, y_val, num_classes: int, batch_size: int, se
                 multi_worker: bool) -> dict:
     """fit() inputs: float32 arrays when they fit in memory (Keras' own prefetching path; faster on CPU
     than a Python PyDataset for small models); otherwise the streaming PyDataset. Multi-worker keeps the
-    PyDataset (its batches build the model, see _build_for_multi_worker)."""
+    PyDataset (its batches build the model, see build_for_multi_worker)."""
     if multi_worker or (x.size + x_val.size) * 4 > IN_MEMORY_BYTES:
         return {"x": make_batches(keras, x, y, num_classes, batch_size, True, seed),
                 "validation_data": make_batches(keras, x_val, y_val, num_classes, 512, False, seed)}
     eye = np.eye(num_classes, dtype="float32")
     return {"x": x.astype("float32"), "y": eye[y.astype(np.int64)], "batch_size": batch_size, "shuffle": True,
             "validation_data": (x_val.astype("float32"), eye[y_val.astype(np.int64)]), "validation_batch_size": 512}
-
-
-def _build_for_multi_worker(model, batch) -> None:
-    """Work around keras-team/keras#20585 (Keras 3 + MultiWorkerMirroredStrategy).
-
-    fit()/evaluate() reduce their first PerReplica batch across workers (strategy.reduce on an (x, y) tuple)
-    just to build the model symbolically, and MultiWorkerMirroredStrategy rejects a nested value there.
-    Build model, loss, metric and optimizer state from one local batch instead (inside the strategy scope,
-    identically on every worker, so variable creation stays in lockstep), then skip that step.
-    """
-    model._symbolic_build(data_batch=batch)
-    model._maybe_symbolic_build = lambda *args, **kwargs: None
-    _patch_multi_worker_mean()
-
-
-def _patch_multi_worker_mean() -> None:
-    """Work around the second half of keras-team/keras#20585: under MultiWorkerMirroredStrategy the per-step
-    logs (scalar loss/metrics) are averaged with strategy.reduce("MEAN", v, axis=0), which fails on a scalar.
-    Average them across workers with axis=None instead; every other case keeps Keras' own reduction."""
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer
-
-    original = trainer.reduce_per_replica
-    if getattr(original, "multi_worker_patch", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
-            return tree.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica.multi_worker_patch = True
-    trainer.reduce_per_replica = reduce_per_replica
-
-
-def _average_non_trainable(model) -> None:
-    """Average float non-trainable weights (BatchNorm moving mean/variance) across workers.
-
-    Gradients are all-reduced, so trainable weights are identical on every worker, but Keras' BatchNorm
-    updates its moving statistics from each worker's local batches only. Averaging them (as e.g. timm's
-    distribute_bn does) gives every worker, and so the chief's saved model, the same statistics, estimated
-    from all workers' data. Every worker must call this (collective all-reduce, same variable order).
-    """
-    import tensorflow as tf
-
-    strategy = model.distribute_strategy
-    for variable in model.non_trainable_variables:
-        if "float" in str(variable.dtype):
-            # a plain tensor: strategy.reduce returns a MirroredVariable unchanged, assuming it is in sync
-            local = tf.identity(variable.value)
-            variable.assign(strategy.reduce("MEAN", local, axis=None))
 
 
 def _write_history(history_csv: Path, dest: Path) -> None:
@@ -123,15 +77,8 @@ def _read_history(history_csv: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in ordered] for k in keys}
 
 
-def run(cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_path: Path, plots_dir: Path,
-        backup_dir: Path) -> dict:
-    import keras
-
-    from pipeline.ml import plots
-
-    from pipeline.ml import runtime
-    from pipeline.ml.models import build_model
-
+def _load_splits(cfg: TrainConfig, data_dir: Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """stats.json and the train/val arrays (train capped at cfg.max_train_samples); StageError on an empty val."""
     stats = io.read_json(Path(data_dir) / "stats.json")
     x_train, y_train = io.read_split(data_dir, "train")
     x_val, y_val = io.read_split(data_dir, "val")
@@ -139,82 +86,138 @@ def run(cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_p
         x_train, y_train = x_train[: cfg.max_train_samples], y_train[: cfg.max_train_samples]
     if len(x_val) == 0:
         raise StageError(f"{data_dir}: the val split is empty; set ingest.val_fraction > 0 in params.yaml.")
-    num_classes = len(stats["class_names"])
+    return stats, x_train, y_train, x_val, y_val
 
-    keras.utils.set_random_seed(seed)
-    policy = runtime.configure_precision(cfg.mixed_precision)
+
+def _outputs(backup_dir: Path, model_path: Path, metrics_path: Path, plots_dir: Path) -> tuple[dict, bool]:
+    """Where this process writes ({backup, model, metrics, plots}) and whether it resumes a killed run.
+
+    Multi-worker: every worker runs the same synchronous fit and ends with the same weights, but only the chief
+    writes the real outputs (the documented Keras pattern); the others keep their own BackupAndRestore dir and
+    write into it, and it is deleted at the end.
+    """
+    from pipeline.ml import runtime
+
     backup_dir = Path(backup_dir)
-    chief = runtime.is_chief()
-    if not chief:  # multi-worker: each worker keeps its own BackupAndRestore dir, never the chief's
+    if not runtime.is_chief():
         kind, index = runtime.worker_task()
         backup_dir = backup_dir.with_name(f"{backup_dir.name}-{kind}{index}")
+        scratch = backup_dir / "discarded"
+        model_path, metrics_path, plots_dir = scratch / "model.keras", scratch / "train.json", scratch / "plots"
     resuming = (backup_dir / "state").exists()
     if not resuming:
         shutil.rmtree(backup_dir, ignore_errors=True)
     backup_dir.mkdir(parents=True, exist_ok=True)
-    history_csv = backup_dir / "history.csv"
-    if not chief:
-        # Every worker runs the same synchronous fit and ends with the same weights, but only the chief writes
-        # the real outputs (the documented Keras pattern); the others write theirs into their own backup dir,
-        # which is deleted at the end.
-        scratch = backup_dir / "discarded"
-        model_path, metrics_path, plots_dir = scratch / "model.keras", scratch / "train.json", scratch / "plots"
+    return {"backup": backup_dir, "model": Path(model_path), "metrics": Path(metrics_path),
+            "plots": Path(plots_dir)}, resuming
 
+
+def _compiled_model(keras, cfg: TrainConfig, stats: dict, num_classes: int, steps: int):
+    """The configured architecture with AdamW + warmup/cosine schedule and a one-hot cross-entropy loss."""
+    from pipeline.ml.models import build_model
+
+    model = build_model(cfg.model, stats["image_shape"], num_classes, stats["mean"], stats["std"],
+                        flip=cfg.augment.flip, translate=cfg.augment.translate, width=cfg.width)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(1, steps - steps // 10), warmup_target=cfg.learning_rate,
+        warmup_steps=max(1, steps // 10), alpha=0.01)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def _save(model, out: dict, history_csv: Path) -> dict[str, list[float]]:
+    """Write the model (atomically), the per-epoch history CSV and the curves PNG; return the history."""
+    from pipeline.ml import plots
+
+    with io.atomic_path(out["model"]) as tmp:
+        model.save(tmp)
+    history = _read_history(history_csv)
+    out["plots"].mkdir(parents=True, exist_ok=True)
+    _write_history(history_csv, out["plots"] / "history.csv")
+    plots.training_curves(history, out["plots"] / "training_curves.png")
+    return history
+
+
+def _metrics(cfg: TrainConfig, model, history: dict, epoch_times: list[float], n_train: int, wall: float,
+             resumed: bool, policy: str, strategy: str) -> dict:
+    """metrics/train.json: final and best scores, throughput, and how it ran (precision, strategy, device)."""
+    from pipeline.ml import runtime
+
+    steady = epoch_times[1:] or epoch_times
+    return {
+        "model": cfg.model, "params": int(model.count_params()), "epochs": cfg.epochs,
+        "epochs_run_this_process": len(epoch_times), "resumed": resumed, "train_samples": int(n_train),
+        "accuracy": history["accuracy"][-1], "loss": history["loss"][-1],
+        "val_accuracy": history["val_accuracy"][-1], "val_loss": history["val_loss"][-1],
+        "best_val_accuracy": max(history["val_accuracy"]), "fit_seconds": round(wall, 2),
+        "epoch_seconds": [round(t, 2) for t in epoch_times],
+        "images_per_second": round(n_train / float(np.median(steady)), 1) if steady else None,
+        "dtype_policy": policy, "strategy": strategy, **runtime.describe(),
+    }
+
+
+def run(cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_path: Path, plots_dir: Path,
+        backup_dir: Path) -> dict:
+    """Train the configured model; resumes from `backup_dir` when a previous run was killed.
+
+    Reads: `data_dir/stats.json` and the train/val shards. Writes: `model_path` (.keras, atomically),
+    `metrics_path` (metrics/train.json), `plots_dir/history.csv` and `plots_dir/training_curves.png`;
+    `backup_dir` holds BackupAndRestore state while training and is removed at the end.
+    """
+    import keras
+
+    from pipeline.ml import multiworker, runtime
+
+    stats, x_train, y_train, x_val, y_val = _load_splits(cfg, data_dir)
+    num_classes = len(stats["class_names"])
+    keras.utils.set_random_seed(seed)
+    policy = runtime.configure_precision(cfg.mixed_precision)
+    out, resuming = _outputs(backup_dir, model_path, metrics_path, plots_dir)
+    history_csv = out["backup"] / "history.csv"
     fit_inputs = _fit_inputs(keras, x_train, y_train, x_val, y_val, num_classes, cfg.batch_size, seed,
                              multi_worker=runtime.worker_task() is not None)
     scope, strategy = runtime.distribution_scope()
-    steps = cfg.epochs * -(-len(x_train) // cfg.batch_size)
     with scope:
-        model = build_model(cfg.model, stats["image_shape"], num_classes, stats["mean"], stats["std"],
-                            flip=cfg.augment.flip, translate=cfg.augment.translate, width=cfg.width)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps=max(1, steps - steps // 10), warmup_target=cfg.learning_rate,
-            warmup_steps=max(1, steps // 10), alpha=0.01)
-        model.compile(
-            optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
-            loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        )
+        model = _compiled_model(keras, cfg, stats, num_classes, cfg.epochs * -(-len(x_train) // cfg.batch_size))
         if strategy.startswith("multi_worker"):
-            _build_for_multi_worker(model, fit_inputs["x"][0])
-
+            multiworker.build_for_multi_worker(model, fit_inputs["x"][0])
     epoch_times: list[float] = []
     started = time.perf_counter()
-    model.fit(**fit_inputs, epochs=cfg.epochs,
-              callbacks=_callbacks(keras, backup_dir, history_csv, epoch_times),
+    model.fit(**fit_inputs, epochs=cfg.epochs, callbacks=_callbacks(keras, out["backup"], history_csv, epoch_times),
               verbose=1 if sys.stdout.isatty() else 2)
     wall = time.perf_counter() - started
     if strategy.startswith("multi_worker"):
-        _average_non_trainable(model)
-
-    with io.atomic_path(model_path) as tmp:
-        model.save(tmp)
-    history = _read_history(history_csv)
-    plots_dir = Path(plots_dir)
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    _write_history(history_csv, plots_dir / "history.csv")
-    plots.training_curves(history, plots_dir / "training_curves.png")
-
-    steady = epoch_times[1:] or epoch_times
-    metrics = {
-        "model": cfg.model,
-        "params": int(model.count_params()),
-        "epochs": cfg.epochs,
-        "epochs_run_this_process": len(epoch_times),
-        "resumed": resuming,
-        "train_samples": int(len(x_train)),
-        "accuracy": history["accuracy"][-1],
-        "loss": history["loss"][-1],
-        "val_accuracy": history["val_accuracy"][-1],
-        "val_loss": history["val_loss"][-1],
-        "best_val_accuracy": max(history["val_accuracy"]),
-        "fit_seconds": round(wall, 2),
-        "epoch_seconds": [round(t, 2) for t in epoch_times],
-        "images_per_second": round(len(x_train) / float(np.median(steady)), 1) if steady else None,
-        "dtype_policy": policy,
-        "strategy": strategy,
-        **runtime.describe(),
-    }
-    io.write_json(metrics_path, metrics)
-    shutil.rmtree(backup_dir, ignore_errors=True)
+        multiworker.average_non_trainable(model)
+    history = _save(model, out, history_csv)
+    metrics = _metrics(cfg, model, history, epoch_times, len(x_train), wall, resuming, policy, strategy)
+    io.write_json(out["metrics"], metrics)
+    shutil.rmtree(out["backup"], ignore_errors=True)
     return metrics
+
+
+def command(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    data: Annotated[Path | None, typer.Option(help="Prepared shards directory (default: paths.prepared).")] = None,
+    model: Annotated[Path | None, typer.Option(help="Trained Keras model to write (default: paths.model).")] = None,
+    metrics: Annotated[Path | None, typer.Option(help="Metrics JSON to write (default: paths.train_metrics).")] = None,
+    plots: Annotated[Path | None, typer.Option(help="Directory for history CSV and curve PNG "
+                                                    "(default: paths.train_plots).")] = None,
+    backup: Annotated[Path | None, typer.Option(help="BackupAndRestore dir; a killed run resumes from it "
+                                                     "(default: paths.train_backup).")] = None,
+) -> None:
+    """Train the configured Keras 3 model (resumable, seeded, GPU-aware)."""
+    cfg = load(params)
+    paths = cfg.paths
+    model = path_or(model, paths.model)
+    result = call(run, cfg.train, seed=cfg.seed, data_dir=path_or(data, paths.prepared), model_path=model,
+                  metrics_path=path_or(metrics, paths.train_metrics), plots_dir=path_or(plots, paths.train_plots),
+                  backup_dir=path_or(backup, paths.train_backup))
+    typer.echo(f"trained {cfg.train.model}: val_accuracy={result['val_accuracy']:.4f} -> {model}")
+
+
+if __name__ == "__main__":
+    typer.run(command)

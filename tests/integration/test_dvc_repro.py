@@ -23,10 +23,31 @@ SMALL = {
 }
 
 
-@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian package dataset-fashion-mnist (make dataset)")
+def _stages_with_changed_code(work: Path) -> set[str]:
+    """Stages that `dvc status` reports with a changed .py dependency."""
+    status = json.loads(run(["dvc", "status", "--json"], work).stdout or "{}")
+    return {stage for stage, changes in status.items()
+            for change in changes if isinstance(change, dict)
+            for path in change.get("changed deps", {}) if path.endswith(".py")}
+
+
+def _edit_reruns_exactly_its_importers(work: Path, module: str) -> set[str]:
+    """Append one line to `module` in the workspace; the stages `dvc status` then lists (the file is restored)."""
+    path = work / module
+    original = path.read_text()
+    path.write_text(original + "# a one-line edit\n")
+    try:
+        return _stages_with_changed_code(work)
+    finally:
+        path.write_text(original)
+
+
 def test_dvc_repro_registers_a_challenger_and_reruns_only_what_changed(tmp_path):
     import mlflow
 
+    from tests.import_closure import code_deps
+
+    assert FASHION_MNIST.is_dir(), "needs the Debian package dataset-fashion-mnist: run `make dataset`"
     work = make_project(tmp_path, SMALL)
     first = run(["dvc", "repro"], work)
     for stage in ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "register"):
@@ -46,6 +67,15 @@ def test_dvc_repro_registers_a_challenger_and_reruns_only_what_changed(tmp_path)
 
     again = run(["dvc", "repro"], work)
     assert "Data and pipelines are up to date." in again.stdout, again.stdout
+
+    # a one-line edit to a shared module makes DVC see exactly the stages whose code imports it
+    assert _edit_reruns_exactly_its_importers(work, "pipeline/ml/plots.py") == {"train", "evaluate"}
+    assert _edit_reruns_exactly_its_importers(work, "pipeline/ml/conversion.py") == {"compress", "evaluate"}
+    for module in ("pipeline/core/io.py", "pipeline/data/images.py", "pipeline/registry/store.py"):
+        expected = {stage for stage in ("ingest", "validate", "preprocess", "train", "compress", "evaluate",
+                                        "register") if module in code_deps(stage)}
+        assert expected and _edit_reruns_exactly_its_importers(work, module) == expected, module
+    assert _stages_with_changed_code(work) == set()
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["train"]["epochs"] = 4

@@ -110,11 +110,11 @@ def test_evaluate_then_register_blesses_a_challenger(stages, mlflow_store, tmp_p
         Path(dst).write_text(Path(src).read_text())
     io.write_json("reports/validation.json", {"success": True, "statistics": {"successful_expectations": 13,
                                                                               "evaluated_expectations": 13}})
-    params = Params.model_validate({"register": reg.model_dump(), "evaluate": cfg.model_dump()})
+    params = Params.model_validate({"register": reg.model_dump(), "evaluate": cfg.model_dump(),
+                                    "paths": {"prepared": str(root / "prepared"), "model": str(root / "model.keras"),
+                                              "compressed": str(root / "compressed")}})
     Path("params.yaml").write_text("{}\n")
-    record = register.run(params, Path("params.yaml"), tmp_path / "reports/registration.json",
-                          data_dir=root / "prepared", model_path=root / "model.keras",
-                          compressed_dir=root / "compressed")
+    record = register.run(params, Path("params.yaml"), tmp_path / "reports/registration.json")
     assert record["alias"] == "challenger" and record["version"] == 1
 
     client = mlflow.MlflowClient()

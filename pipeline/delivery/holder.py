@@ -1,0 +1,115 @@
+"""The served model and its hot reload: one `Served` model at a time, swapped as a whole when the source changes.
+
+`ModelHolder.check()` asks the source for its `current_version()` and, when it changed, loads and smoke-tests
+the new model and swaps one reference: requests in flight finish on the model they started with, none fail,
+and a broken new model is never swapped in (the old one keeps serving). `Reloader` calls it every
+`reload_seconds` in the background.
+
+TFLite interpreters are not thread-safe, so each loaded model carries its own lock around inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.core.errors import StageError
+from pipeline.ml.tflite import softmax
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Served:
+    """One loaded model. Immutable once built; replaced as a whole on reload."""
+
+    model: object
+    manifest: dict
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def version(self) -> str:
+        """The served version, as text."""
+        return str(self.manifest.get("version"))
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in output order."""
+        return list(self.manifest.get("class_names") or [])
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Softmax class probabilities for a (N, *input_shape) batch."""
+        with self.lock:  # one interpreter, one caller at a time
+            logits = self.model.predict(x)
+        return softmax(logits)
+
+
+def build_served(source) -> Served:
+    """Load from the source and smoke-test before anything may serve it."""
+    model, manifest = source.load()
+    served = Served(model, dict(manifest))
+    shape = tuple(model.input_shape)
+    if manifest.get("input_shape") is not None and tuple(manifest["input_shape"]) != shape:
+        raise StageError(f"v{served.version}: manifest input_shape {manifest['input_shape']} != model's {list(shape)}")
+    probs = served.probabilities(np.full((1, *shape), 127.0, np.float32))
+    if served.class_names and probs.shape[1] != len(served.class_names):
+        raise StageError(f"v{served.version}: the model has {probs.shape[1]} outputs but "
+                         f"{len(served.class_names)} class names")
+    if not served.class_names:
+        served.manifest["class_names"] = [str(i) for i in range(probs.shape[1])]
+    if not np.all(np.isfinite(probs)):
+        raise StageError(f"v{served.version}: the model returns non-finite outputs")
+    return served
+
+
+class ModelHolder:
+    """Holds the Served model; `check()` swaps in a new one when the source's version changed."""
+
+    def __init__(self, source):
+        self.source = source
+        self.current: Served = build_served(source)
+        self._reload_lock = threading.Lock()  # one reload at a time (poller vs POST /reload)
+        self.last_check: float | None = None
+        self.last_error: str | None = None
+
+    def check(self, force: bool = False) -> dict:
+        """Reload when the source names another version (or `force`); the old model serves on if that fails."""
+        with self._reload_lock:
+            before = self.current.version
+            try:
+                latest = str(self.source.current_version())
+                self.last_check = time.time()
+                if latest == before and not force:
+                    self.last_error = None
+                    return {"reloaded": False, "version": before}
+                new = build_served(self.source)
+            except Exception as exc:  # noqa: BLE001 - keep serving the old model, report why
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("reload check failed; still serving v%s: %s", before, self.last_error)
+                raise
+            self.current = new  # the swap: a single reference assignment
+            self.last_error = None
+            if new.version != before:
+                log.info("now serving v%s (was v%s)", new.version, before)
+            return {"reloaded": new.version != before, "version": new.version, "previous_version": before}
+
+
+class Reloader(threading.Thread):
+    """Daemon thread calling `holder.check()` every `every` seconds until `stop` is set."""
+
+    def __init__(self, holder: ModelHolder, every: float):
+        super().__init__(name="model-reloader", daemon=True)
+        self.holder, self.every, self.stop = holder, every, threading.Event()
+
+    def run(self) -> None:
+        """Poll until stopped; a failed check is logged by check() and retried next period."""
+        while not self.stop.wait(self.every):
+            try:
+                self.holder.check()
+            except Exception:  # noqa: BLE001 - logged in check(); retry next period
+                pass
