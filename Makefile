@@ -39,9 +39,10 @@ test: setup dataset  ## the full test suite (unit, data, model, integration)
 test-fast: setup  ## everything but the integration tier
 	$(BIN)/python -m pytest -q -m "not integration"
 
-# Python: ruff on the packages and the benchmark scripts; mypy and import-linter (contracts in pyproject.toml)
-# on the packages. Shell: every script under infra/ and bench/, and the CI entry point.
-LINT_PY := pipeline flows bench
+# Python: ruff on the packages, the benchmark scripts and infra/'s helper; mypy (files: pyproject.toml) on the
+# packages and infra/local/stackctl.py; import-linter (contracts: pyproject.toml) on the packages.
+# Shell: every script under infra/ and bench/, and the CI entry point.
+LINT_PY := pipeline flows bench infra
 SHELL_SCRIPTS = .ci/run $(sort $(wildcard infra/*/*.sh bench/*.sh))
 
 lint: setup lint-tools  ## static checks; every check runs, then the target fails if any failed
@@ -50,7 +51,7 @@ lint: setup lint-tools  ## static checks; every check runs, then the target fail
 	          else echo "=== $$name: FAILED"; failed+=("$$name"); fi; }; \
 	check "ruff check" $(BIN)/ruff check $(LINT_PY); \
 	check "ruff format" $(BIN)/ruff format --check $(LINT_PY); \
-	check "mypy" $(BIN)/mypy pipeline flows; \
+	check "mypy" $(BIN)/mypy; \
 	check "import-linter" $(BIN)/lint-imports --no-logo; \
 	check "shellcheck" shellcheck $(SHELL_SCRIPTS); \
 	if (( $${#failed[@]} )); then echo "make lint: failed: $${failed[*]}" >&2; exit 1; fi; \

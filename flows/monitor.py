@@ -4,38 +4,34 @@ degradation, and after N consecutive bad batches (cooldown respected) retrain on
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+if TYPE_CHECKING:
+    from pipeline.core.config import Params
 
 
-def _champion(model_name: str, workdir: Path):
-    """(version, TFLiteModel, test accuracy) of the registry champion, or None."""
-    from pipeline.registry import store as registry
-    from pipeline.ml.tflite import TFLiteModel
+def _rooted(params: Params, root: Path) -> Params:
+    """`params` with every paths: entry made absolute against the project root (the flow never changes directory)."""
+    from pipeline.core.config import PathsConfig
 
-    version = registry.version_by_alias(model_name, "champion")
-    if version is None:
-        return None
-    path = registry.download_tflite(model_name, "champion", workdir)
-    accuracy = registry.client().get_run(version.run_id).data.metrics.get("eval.accuracy") if version.run_id else None
-    return version.version, TFLiteModel(path), accuracy
+    paths = PathsConfig(**{name: str(root / value) for name, value in params.paths.model_dump().items()})
+    return params.model_copy(update={"paths": paths})
 
 
 def _profile(version: str, model, data_dir: Path, state_dir: Path) -> dict:
     """Training reference for drift, cached per champion version."""
     from pipeline.core import io
-    from pipeline.monitoring import intake as monitor
+    from pipeline.monitoring.scoring import build_profile
 
     path = state_dir / f"profile-v{version}.json"
     if path.is_file():
         return io.read_json(path)
-    profile = monitor.build_profile(data_dir, model)
+    profile = build_profile(data_dir, model)
     io.write_json(path, profile)
     return profile
 
@@ -45,8 +41,8 @@ def log_batch(experiment: str, model_name: str, version: str, record: dict) -> N
     """One MLflow run per batch in the monitoring experiment."""
     import mlflow
 
-    from pipeline.registry import store as registry
     from pipeline.core.metrics import numeric_metrics
+    from pipeline.registry import store as registry
 
     experiment_id = registry.ensure_experiment(experiment)
     assessment = record.get("assessment") or {}
@@ -59,6 +55,7 @@ def log_batch(experiment: str, model_name: str, version: str, record: dict) -> N
 
 
 def batches_markdown(records: list[dict], decision: str) -> str:
+    """The `monitoring` artifact: the decision and one table row per processed batch."""
     lines = ["## Monitoring", "", f"**Decision:** {decision}", "",
              "| batch | status | n | accuracy | PSI | drifted | degraded | consecutive bad |",
              "|---|---|---|---|---|---|---|---|"]
@@ -71,48 +68,59 @@ def batches_markdown(records: list[dict], decision: str) -> str:
     return "\n".join(lines)
 
 
+def _check_batches(params: Params, champion, model, profile: dict, state, max_batches: int) -> list[dict]:
+    """Run up to `max_batches` incoming batches through the loop step, logging each one to MLflow."""
+    from pipeline.core.errors import StageError
+    from pipeline.monitoring import intake
+
+    logger = get_run_logger()
+    records = []
+    for _ in range(max_batches):
+        batch = intake.next_batch(params, state)
+        if batch is None:
+            break
+        try:
+            record = intake.check_batch(params, batch, model, champion.accuracy, profile, state)
+        except StageError as exc:
+            logger.error(str(exc))
+            continue
+        logger.info(f"{record['file']}: {record['status']} bad={record.get('bad')} {record.get('reasons')}")
+        log_batch(params.monitor.experiment, champion.model_name, champion.version, record)
+        records.append(record)
+    return records
+
+
 @flow(name="monitor", log_prints=True)
 def monitor_flow(project_dir: str = ".", max_batches: int = 5, retrain: bool = True,
                  training_overrides: dict | None = None) -> dict:
     """Process up to `max_batches` incoming batches; trigger the training deployment when the loop says so."""
-    from pipeline.monitoring import intake as monitor
     from pipeline.core.config import load_params
-    from pipeline.core.errors import StageError
+    from pipeline.monitoring.state import MonitorState, mark_triggered, should_retrain
+    from pipeline.registry import store
+    from pipeline.registry.champion import load_by_alias
 
-    os.chdir(project_dir)
+    root = Path(project_dir).resolve()
+    store.use_project(root)
     logger = get_run_logger()
-    params = load_params("params.yaml")
-    cfg, model_name = params.monitor, params.register_.model_name
-    with tempfile.TemporaryDirectory() as tmp:
-        champion = _champion(model_name, Path(tmp))
-        if champion is None:
-            logger.warning(f"{model_name} has no champion yet: nothing to monitor (approve a challenger first)")
-            return {"decision": "no-champion", "batches": []}
-        version, model, accuracy = champion
-        profile = _profile(version, model, Path("data/ingested"), Path(cfg.state_path).parent)
-        state = monitor.MonitorState.load(cfg.state_path)
-        records = []
-        for _ in range(max_batches):
-            batch = monitor.next_batch(cfg, state)
-            if batch is None:
-                break
-            try:
-                record = monitor.check_batch(params, batch, model, accuracy, profile, state)
-            except StageError as exc:
-                logger.error(str(exc))
-                continue
-            logger.info(f"{record['file']}: {record['status']} bad={record.get('bad')} {record.get('reasons')}")
-            log_batch(cfg.experiment, model_name, version, record)
-            records.append(record)
-    go, why = monitor.should_retrain(state, cfg)
-    result = {"decision": "retrain" if go else "ok", "reason": why, "champion_version": version,
+    params = _rooted(load_params(root / "params.yaml"), root)
+    model_name, state_path = params.register_.model_name, Path(params.paths.monitor_state)
+    champion = load_by_alias(model_name)
+    if champion is None:
+        logger.warning(f"{model_name} has no champion yet: nothing to monitor (approve a challenger first)")
+        return {"decision": "no-champion", "batches": []}
+    model = champion.model()
+    profile = _profile(champion.version, model, Path(params.paths.ingested), state_path.parent)
+    state = MonitorState.load(state_path)
+    records = _check_batches(params, champion, model, profile, state, max_batches)
+    go, why = should_retrain(state, params.monitor)
+    result = {"decision": "retrain" if go else "ok", "reason": why, "champion_version": champion.version,
               "batches": [{k: r.get(k) for k in ("file", "status", "bad", "reasons")} for r in records]}
     if go and retrain:
-        monitor.mark_triggered(state, reason=why)
-        state.save(cfg.state_path)
+        mark_triggered(state, reason=why)
+        state.save(state_path)
         result["training_flow_run"] = start_training(training_overrides)
     create_markdown_artifact(batches_markdown(records, f"{result['decision']}: {why}"), key="monitoring",
-                             description=f"{model_name} champion v{version}")
+                             description=f"{model_name} champion v{champion.version}")
     logger.info(json.dumps({k: result[k] for k in ("decision", "reason")}))
     return result
 

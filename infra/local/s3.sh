@@ -26,7 +26,9 @@ ENDPOINT="http://$HOST:$PORT"
 
 die() { echo "s3.sh: error: $*" >&2; exit 1; }
 
-[[ "$PORT" =~ ^[0-9]+$ ]] && (( PORT >= 1 && PORT <= 65535 )) || die "S3_PORT must be a port number, got '$PORT'"
+if ! [[ "$PORT" =~ ^[0-9]+$ ]] || (( PORT < 1 || PORT > 65535 )); then
+    die "S3_PORT must be a port number, got '$PORT'"
+fi
 
 # --- credentials ------------------------------------------------------------------------------------------
 env_value() {  # read KEY=value from the .env file without executing it
@@ -109,8 +111,7 @@ cmd_start() {
         setsid "$NANIO" serve --data-dir "$DATA" --host "$HOST" --port "$PORT" >>"$LOG" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$PIDFILE"
-    local i
-    for i in $(seq 1 40); do  # ~10 s
+    for _ in $(seq 1 40); do  # ~10 s
         if ! kill -0 "$pid" 2>/dev/null; then
             rm -f "$PIDFILE"
             echo "s3.sh: nanio exited during start-up; last log lines ($LOG):" >&2
@@ -139,8 +140,7 @@ cmd_stop() {
         return 0
     fi
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    local i
-    for i in $(seq 1 40); do
+    for _ in $(seq 1 40); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.25
     done

@@ -10,6 +10,7 @@ TFLite interpreters are not thread-safe, so each loaded model carries its own lo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.core.errors import StageError
-from pipeline.ml.tflite import softmax
+from pipeline.ml.tflite import TFLiteModel, softmax
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 class Served:
     """One loaded model. Immutable once built; replaced as a whole on reload."""
 
-    model: object
+    model: TFLiteModel
     manifest: dict
     lock: threading.Lock = field(default_factory=threading.Lock)
     loaded_at: float = field(default_factory=time.time)
@@ -88,7 +89,7 @@ class ModelHolder:
                     self.last_error = None
                     return {"reloaded": False, "version": before}
                 new = build_served(self.source)
-            except Exception as exc:  # noqa: BLE001 - keep serving the old model, report why
+            except Exception as exc:  # keep serving the old model, report why (re-raised)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("reload check failed; still serving v%s: %s", before, self.last_error)
                 raise
@@ -109,7 +110,5 @@ class Reloader(threading.Thread):
     def run(self) -> None:
         """Poll until stopped; a failed check is logged by check() and retried next period."""
         while not self.stop.wait(self.every):
-            try:
+            with contextlib.suppress(Exception):  # logged in check(); retry next period
                 self.holder.check()
-            except Exception:  # noqa: BLE001 - logged in check(); retry next period
-                pass

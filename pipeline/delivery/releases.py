@@ -25,8 +25,18 @@ import numpy as np
 from pipeline.core import clock, io
 from pipeline.core.config import DeployConfig, Params
 from pipeline.core.errors import StageError
-from pipeline.delivery.s3 import (ensure_bucket, get_bytes, get_json, is_missing, parse_s3_url, put_verified,
-                                  s3_client, s3_errors, s3_url, where)
+from pipeline.delivery.s3 import (
+    ensure_bucket,
+    get_bytes,
+    get_json,
+    is_missing,
+    parse_s3_url,
+    put_verified,
+    s3_client,
+    s3_errors,
+    s3_url,
+    where,
+)
 from pipeline.registry import store
 from pipeline.registry.aliases import CHAMPION
 from pipeline.registry.champion import load_by_alias
@@ -101,7 +111,7 @@ def _load_model(tflite: bytes | str | Path, what: str):
         tflite = Path(tflite).read_bytes()
     try:
         return tflite, TFLiteModel(tflite)
-    except Exception as exc:  # noqa: BLE001 - any loader failure means "not a usable model"
+    except Exception as exc:  # any loader failure means "not a usable model"
         raise StageError(f"{what}: not a loadable TFLite model: {exc}") from exc
 
 

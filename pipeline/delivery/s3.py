@@ -100,8 +100,13 @@ def _client_error_text(exc) -> str:
 @contextlib.contextmanager
 def s3_errors(cfg: DeployConfig, action: str, s3=None) -> Iterator[None]:
     """Turn botocore failures into a StageError naming the endpoint, bucket and action (never the secret)."""
-    from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BotoConnectionError,
-                                     NoCredentialsError, PartialCredentialsError)
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionError as BotoConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
 
     endpoint = (s3.meta.endpoint_url if s3 is not None else None) or endpoint_of(cfg)
     place = where(endpoint, cfg.bucket)
@@ -135,7 +140,7 @@ def s3_url(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
-def parse_s3_url(url: str) -> tuple[str, str]:
+def parse_s3_url(url: object) -> tuple[str, str]:
     """'s3://bucket/key/prefix' → ('bucket', 'key/prefix'); StageError for anything malformed."""
     if not isinstance(url, str) or not url.startswith("s3://"):
         raise StageError(f"not an S3 URL: {url!r}; expected s3://<bucket>/<key>")

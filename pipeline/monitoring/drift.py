@@ -137,6 +137,51 @@ def ks(ref_values: np.ndarray, values: np.ndarray) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------------------------- decision
 
+def _input_drift(profile: dict, x_batch: np.ndarray, cfg: MonitorConfig) -> tuple[dict, bool, list[str]]:
+    """KS test per image feature against the reference samples: ({feature: {stat, p}}, drifted, reasons)."""
+    feats = image_features(x_batch)
+    ks_out, drifted, reasons = {}, False, []
+    for name, ref in profile["features"].items():
+        stat, p = ks(np.asarray(ref), feats[name])
+        ks_out[name] = {"stat": stat, "p": p}
+        if p < cfg.drift_p_value and stat >= KS_MIN_STAT:
+            drifted = True
+            reasons.append(f"input drift in {name}: KS stat {stat:.3f} >= {KS_MIN_STAT}, p={p:.2g} < "
+                           f"{cfg.drift_p_value} (batch median {np.median(feats[name]):.1f} vs reference "
+                           f"{np.median(ref):.1f})")
+    return ks_out, drifted, reasons
+
+
+def _prediction_drift(profile: dict, pred_batch: np.ndarray, cfg: MonitorConfig) -> tuple[dict, list[str]]:
+    """PSI (decides) and chi-square p-value (reported) of the predicted-class mix against the reference."""
+    counts, frac = _class_fractions(pred_batch, int(profile["num_classes"]))
+    psi_value = psi(profile["pred_frac"], frac) if len(pred_batch) else 0.0
+    out = {"psi": psi_value, "chi2_p": chi_square(profile["pred_frac"], counts), "pred_frac": [float(f) for f in frac],
+           "drifted": psi_value > cfg.psi_threshold}
+    reasons = []
+    if out["drifted"]:
+        top = int(np.argmax(frac - np.asarray(profile["pred_frac"])))
+        reasons.append(f"prediction drift: PSI {psi_value:.3f} > {cfg.psi_threshold} (class {top} predicted for "
+                       f"{frac[top]:.1%} of the batch vs {profile['pred_frac'][top]:.1%} in the reference)")
+    return out, reasons
+
+
+def _degradation(profile: dict, pred_batch: np.ndarray, y_batch: np.ndarray | None,
+                 champion_accuracy: float | None, cfg: MonitorConfig) -> tuple[dict, list[str]]:
+    """Batch accuracy against the baseline (champion_accuracy, else the profile's): accuracy, baseline, drop."""
+    accuracy = None if y_batch is None or len(pred_batch) == 0 else float(
+        np.mean(pred_batch.astype(np.int64) == np.asarray(y_batch).astype(np.int64).ravel()))
+    baseline = champion_accuracy if champion_accuracy is not None else profile.get("accuracy")
+    drop = None if accuracy is None or baseline is None else float(baseline - accuracy)
+    degraded = drop is not None and drop > cfg.max_accuracy_drop
+    reasons = []
+    if degraded:
+        reasons.append(f"accuracy {accuracy:.4f} is {drop:.4f} below the baseline {baseline:.4f} "
+                       f"(max drop {cfg.max_accuracy_drop})")
+    return {"accuracy": accuracy, "baseline_accuracy": None if baseline is None else float(baseline),
+            "accuracy_drop": drop, "degraded": bool(degraded)}, reasons
+
+
 def assess(profile: dict, x_batch: np.ndarray, pred_batch: np.ndarray, y_batch: np.ndarray | None,
            champion_accuracy: float | None, cfg: MonitorConfig) -> dict:
     """Compare one batch with the reference profile; see the module docstring for the rules.
@@ -148,48 +193,19 @@ def assess(profile: dict, x_batch: np.ndarray, pred_batch: np.ndarray, y_batch: 
     if len(pred_batch) != n or (y_batch is not None and len(y_batch) != n):
         raise ValueError(f"batch of {n} images has {len(pred_batch)} predictions"
                          + ("" if y_batch is None else f" and {len(y_batch)} labels"))
-    num_classes = int(profile["num_classes"])
-    reasons: list[str] = []
-
-    feats = image_features(x_batch)
-    ks_out, ks_drift = {}, False
-    for name, ref in profile["features"].items():
-        stat, p = ks(np.asarray(ref), feats[name])
-        ks_out[name] = {"stat": stat, "p": p}
-        if p < cfg.drift_p_value and stat >= KS_MIN_STAT:
-            ks_drift = True
-            reasons.append(f"input drift in {name}: KS stat {stat:.3f} >= {KS_MIN_STAT}, p={p:.2g} < "
-                           f"{cfg.drift_p_value} (batch median {np.median(feats[name]):.1f} vs reference "
-                           f"{np.median(ref):.1f})")
-
-    counts, frac = _class_fractions(pred_batch, num_classes)
-    psi_value = psi(profile["pred_frac"], frac) if n else 0.0
-    chi2_p = chi_square(profile["pred_frac"], counts)
-    psi_drift = psi_value > cfg.psi_threshold
-    if psi_drift:
-        top = int(np.argmax(frac - np.asarray(profile["pred_frac"])))
-        reasons.append(f"prediction drift: PSI {psi_value:.3f} > {cfg.psi_threshold} (class {top} predicted for "
-                       f"{frac[top]:.1%} of the batch vs {profile['pred_frac'][top]:.1%} in the reference)")
-
-    accuracy = None if y_batch is None or n == 0 else float(
-        np.mean(pred_batch.astype(np.int64) == np.asarray(y_batch).astype(np.int64).ravel()))
-    baseline = champion_accuracy if champion_accuracy is not None else profile.get("accuracy")
-    drop = None if accuracy is None or baseline is None else float(baseline - accuracy)
-    degraded = drop is not None and drop > cfg.max_accuracy_drop
-    if degraded:
-        reasons.append(f"accuracy {accuracy:.4f} is {drop:.4f} below the baseline {baseline:.4f} "
-                       f"(max drop {cfg.max_accuracy_drop})")
-
+    ks_out, ks_drift, input_reasons = _input_drift(profile, x_batch, cfg)
+    prediction, prediction_reasons = _prediction_drift(profile, pred_batch, cfg)
+    quality, quality_reasons = _degradation(profile, pred_batch, y_batch, champion_accuracy, cfg)
     return {
         "n": n,
-        "psi": psi_value,
-        "chi2_p": chi2_p,
+        "psi": prediction["psi"],
+        "chi2_p": prediction["chi2_p"],
         "ks": ks_out,
-        "pred_frac": [float(f) for f in frac],
-        "accuracy": accuracy,
-        "baseline_accuracy": None if baseline is None else float(baseline),
-        "accuracy_drop": drop,
-        "drifted": bool(ks_drift or psi_drift),
-        "degraded": bool(degraded),
-        "reasons": reasons,
+        "pred_frac": prediction["pred_frac"],
+        "accuracy": quality["accuracy"],
+        "baseline_accuracy": quality["baseline_accuracy"],
+        "accuracy_drop": quality["accuracy_drop"],
+        "drifted": bool(ks_drift or prediction["drifted"]),
+        "degraded": quality["degraded"],
+        "reasons": input_reasons + prediction_reasons + quality_reasons,
     }

@@ -7,7 +7,6 @@ in the output directory, so successive calls never reuse an image, and writes ea
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.core import io
+from pipeline.core.clock import utc_now
 from pipeline.core.errors import StageError
 
 KINDS = ("none", "brightness", "contrast", "noise", "blur", "label-shift")
@@ -118,6 +118,39 @@ def _read_cursor(out_dir: Path, fingerprint: str) -> dict:
     return {"stream": fingerprint, "next": 0, "batches": 0}  # new stream (or none yet): start at its beginning
 
 
+def _make_batch(stream_x: np.ndarray, stream_y: np.ndarray, pos: int, kind: str, severity: float, batch_size: int,
+                seed: int, num_classes: int) -> tuple[np.ndarray, np.ndarray, dict, int]:
+    """(x, y, sidecar metadata, next position) of the batch starting at stream position `pos`."""
+    rng = np.random.default_rng([seed, pos])
+    meta = {"kind": kind, "severity": float(severity), "source": "stream", "seed": int(seed)}
+    if kind == "label-shift" and severity > 0:
+        idx, dominant = _label_shift_indices(stream_y[pos:], severity, rng, num_classes, size=batch_size)
+        stop = pos + (int(idx[-1]) + 1 if len(idx) else 0)
+        x, y = stream_x[pos:][idx], stream_y[pos:][idx]
+        meta["dominant_classes"] = dominant
+    else:
+        stop = min(pos + batch_size, len(stream_x))
+        x, y = apply_drift(stream_x[pos:stop], stream_y[pos:stop], kind, severity, rng, num_classes)
+    if len(x) == 0:
+        raise StageError(f"the stream split has no images left to make a {kind!r} batch")
+    meta.update({"count": int(len(x)), "stream_range": [pos, stop]})
+    return x, y, meta, stop
+
+
+def _save_batches(out_dir: Path, made: list[tuple[np.ndarray, np.ndarray, dict]]) -> list[Path]:
+    """Write each (x, y, meta) as batch-<UTC timestamp>-<sequence>.npz with its .json sidecar (written first)."""
+    stamp = utc_now().strftime("%Y%m%dT%H%M%S%fZ")
+    paths = []
+    for x, y, meta in made:
+        path = out_dir / f"batch-{stamp}-{meta['sequence']:05d}.npz"
+        meta["created_at"] = stamp
+        io.write_json(path.with_suffix(".json"), meta)  # sidecar first: when the .npz appears, it is complete
+        with io.atomic_path(path) as tmp:
+            np.savez_compressed(tmp, x=x, y=y)
+        paths.append(path)
+    return paths
+
+
 def write_batches(stream_x: np.ndarray, stream_y: np.ndarray, out_dir: str | Path, kind: str, severity: float,
                   batch_size: int, count: int, seed: int, num_classes: int | None = None) -> list[Path]:
     """Write `count` drifted batches of up to `batch_size` consecutive stream images into `out_dir`; return paths.
@@ -144,31 +177,10 @@ def write_batches(stream_x: np.ndarray, stream_y: np.ndarray, out_dir: str | Pat
         if pos >= len(stream_x):
             raise StageError(f"the stream split is exhausted ({len(stream_x)} images, {pos} already used by earlier "
                              f"batches); delete {out_dir / CURSOR_FILE} to start over from the first image")
-        rng = np.random.default_rng([seed, pos])
-        meta = {"kind": kind, "severity": float(severity), "source": "stream", "seed": int(seed)}
-        if kind == "label-shift" and severity > 0:
-            idx, dominant = _label_shift_indices(stream_y[pos:], severity, rng, num_classes, size=batch_size)
-            stop = pos + (int(idx[-1]) + 1 if len(idx) else 0)
-            x, y = stream_x[pos:][idx], stream_y[pos:][idx]
-            meta["dominant_classes"] = dominant
-        else:
-            stop = min(pos + batch_size, len(stream_x))
-            x, y = apply_drift(stream_x[pos:stop], stream_y[pos:stop], kind, severity, rng, num_classes)
-        if len(x) == 0:
-            raise StageError(f"the stream split has no images left to make a {kind!r} batch")
-        meta.update({"count": int(len(x)), "stream_range": [pos, stop], "sequence": seq})
-        made.append((x, y, meta))
-        pos, seq = stop, seq + 1
-
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    paths = []
-    for x, y, meta in made:
-        path = out_dir / f"batch-{stamp}-{meta['sequence']:05d}.npz"
-        meta["created_at"] = stamp
-        io.write_json(path.with_suffix(".json"), meta)  # sidecar first: when the .npz appears, it is complete
-        with io.atomic_path(path) as tmp:
-            np.savez_compressed(tmp, x=x, y=y)
-        paths.append(path)
+        x, y, meta, pos = _make_batch(stream_x, stream_y, pos, kind, severity, batch_size, seed, num_classes)
+        made.append((x, y, {**meta, "sequence": seq}))
+        seq += 1
+    paths = _save_batches(out_dir, made)
     io.write_json(out_dir / CURSOR_FILE, {"stream": cursor["stream"], "next": pos, "batches": seq,
                                           "stream_size": int(len(stream_x))})
     return paths

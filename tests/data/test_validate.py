@@ -13,9 +13,10 @@ _ROOT = str(Path(__file__).resolve().parents[2])  # so `tests.helpers` imports u
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from pipeline.stages import validate  # noqa: E402
 from pipeline.core.config import ValidateConfig  # noqa: E402
 from pipeline.core.errors import StageError  # noqa: E402
+from pipeline.data import tables  # noqa: E402
+from pipeline.stages import validate  # noqa: E402
 from tests.helpers import good_splits, make_images, write_ingested  # noqa: E402
 
 CLASSES = ["a", "b", "c"]
@@ -184,7 +185,7 @@ def test_image_table_values(tmp_path):
     xt[1] = splits["train"][0][0]
     splits["test"] = (xt, yt)
     write_ingested(tmp_path, splits, CLASSES)
-    images, classes = validate.build_image_table(tmp_path)
+    images, classes = tables.build_image_table(tmp_path)
 
     assert len(images) == sum(len(x) for x, _ in splits.values())
     assert list(images["row_id"]) == list(range(len(images)))
@@ -209,7 +210,7 @@ def test_image_table_flags_non_finite_floats(tmp_path):
     x[1, 0, 0, 0] = np.inf
     x[2, :] = np.nan
     write_ingested(tmp_path, {"train": (x, y)}, CLASSES)
-    images, _ = validate.build_image_table(tmp_path)
+    images, _ = tables.build_image_table(tmp_path)
     assert images["non_finite"].tolist()[:4] == [False, True, True, False]
     assert images["dtype"].iloc[0] == "float64"
     assert np.isfinite(images.loc[1, "mean"])  # stats over the finite pixels

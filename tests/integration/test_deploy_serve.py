@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.delivery import releases as deploy
+from pipeline.delivery import releases as deploy, s3 as s3io
 
 from pipeline.core import io
 from pipeline.core.config import DeployConfig
@@ -72,7 +72,7 @@ def name(request):
 
 
 def _raw(cfg):
-    return deploy.s3_client(cfg)
+    return s3io.s3_client(cfg)
 
 
 def _get_json(cfg, key):
@@ -189,7 +189,7 @@ def test_missing_credentials_and_unreachable_endpoint(cfg, monkeypatch, s3_serve
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(StageError, match="no credentials found") as err:
-        deploy.s3_client(cfg)
+        s3io.s3_client(cfg)
     assert s3_server["endpoint"] in str(err.value) and "models-test" in str(err.value)
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["access_key"])
@@ -221,12 +221,12 @@ def test_fetch_current_verifies_sha256(cfg, name, tflites, tmp_path):
 
 
 def test_parse_s3_url():
-    assert deploy.parse_s3_url("s3://bucket/key/prefix") == ("bucket", "key/prefix")
-    assert deploy.parse_s3_url("s3://my.bucket-1") == ("my.bucket-1", "")
+    assert s3io.parse_s3_url("s3://bucket/key/prefix") == ("bucket", "key/prefix")
+    assert s3io.parse_s3_url("s3://my.bucket-1") == ("my.bucket-1", "")
     for bad in ("http://bucket/key", "bucket/key", "s3://", "s3:///key", "s3://Bad_Bucket/k", "s3://ab/k",
                 "s3://bucket/a//b"):
         with pytest.raises(StageError, match="S3 URL|bucket"):
-            deploy.parse_s3_url(bad)
+            s3io.parse_s3_url(bad)
 
 
 # --------------------------------------------------------------------------------------------- serve
@@ -236,7 +236,8 @@ def test_parse_s3_url():
 def client(cfg, name, tflites):
     from fastapi.testclient import TestClient
 
-    from pipeline.delivery.server import S3Source, create_app
+    from pipeline.delivery.api import create_app
+    from pipeline.delivery.server import S3Source
 
     _publish(cfg, name, "1", tflites[0])
     small = cfg.model_copy(update={"max_body_bytes": 4096})
@@ -345,7 +346,8 @@ def test_reload_swaps_to_new_version_and_refuses_a_tampered_one(client, cfg, nam
 def test_background_reloader_follows_the_pointer(cfg, name, tflites):
     from fastapi.testclient import TestClient
 
-    from pipeline.delivery.server import S3Source, create_app
+    from pipeline.delivery.api import create_app
+    from pipeline.delivery.server import S3Source
 
     _publish(cfg, name, "1", tflites[0])
     fast = cfg.model_copy(update={"reload_seconds": 0.2})

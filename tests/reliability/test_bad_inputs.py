@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.delivery import releases as deploy
+from pipeline.delivery import releases as deploy, s3 as s3io
 
 from pipeline.core import io
 
 from pipeline.monitoring import intake as monitor
+from pipeline.monitoring.state import MonitorState
 from pipeline.core.config import DeployConfig, Params
 from pipeline.data.idx import FASHION_MNIST_FILES
 from pipeline.core.errors import DatasetError, StageError
@@ -294,17 +295,17 @@ def shards_label_out_of_range(ctx: Ctx) -> Case:
 
 
 def monitor_empty_batch(ctx: Ctx) -> Case:
-    params = Params.model_validate({"monitor": {
-        "incoming_dir": str(ctx.tmp / "incoming"), "accepted_dir": str(ctx.tmp / "accepted"),
-        "state_path": str(ctx.tmp / "monitor" / "state.json")}})
+    params = Params.model_validate({"paths": {
+        "incoming": str(ctx.tmp / "incoming"), "accepted": str(ctx.tmp / "accepted"),
+        "monitor_state": str(ctx.tmp / "monitor" / "state.json")}})
     path = ctx.tmp / "incoming" / "empty.npz"
     path.parent.mkdir()
     np.savez(path, x=np.zeros((0, 8, 8, 1), np.uint8), y=np.zeros(0, np.uint8))
-    state = monitor.MonitorState.load(params.monitor.state_path)
+    state = MonitorState.load(params.paths.monitor_state)
     profile = {"class_names": CLASSES, "image_shape": [8, 8, 1]}
 
     def check() -> None:  # quarantined and recorded (so the loop moves on), nothing accepted for retraining
-        saved = io.read_json(params.monitor.state_path)
+        saved = io.read_json(params.paths.monitor_state)
         (record,) = saved["processed"].values()
         assert record["status"] == "rejected" and record["file"] == "empty.npz"
         assert (ctx.tmp / "incoming" / "rejected" / "empty.npz").is_file() and not path.exists()
@@ -334,12 +335,12 @@ def params_wrong_type(ctx: Ctx) -> Case:
 
 
 def s3_url_missing(ctx: Ctx) -> Case:
-    return Case(lambda: call(deploy.parse_s3_url, ""), StageError, ("not an S3 URL", "''"),
+    return Case(lambda: call(s3io.parse_s3_url, ""), StageError, ("not an S3 URL", "''"),
                 r"expected s3://<bucket>/<key>")
 
 
 def s3_url_malformed(ctx: Ctx) -> Case:
-    return Case(lambda: call(deploy.parse_s3_url, "s3://Bad_Bucket/models"), StageError, ("'Bad_Bucket'",),
+    return Case(lambda: call(s3io.parse_s3_url, "s3://Bad_Bucket/models"), StageError, ("'Bad_Bucket'",),
                 r"not a valid bucket name \(3–63 characters")
 
 

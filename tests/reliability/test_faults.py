@@ -284,7 +284,7 @@ def test_register_killed_while_logging_leaves_no_version_without_files(template,
 
 
 def test_s3_server_stopped_during_publish_keeps_the_live_release(tmp_path, template, monkeypatch, tally):
-    from pipeline.delivery import releases as deploy
+    from pipeline.delivery import releases as deploy, s3 as s3io
     from pipeline.core.config import DeployConfig
     from pipeline.core.errors import StageError
     from tests.helpers_s3 import start_s3_server
@@ -309,7 +309,7 @@ def test_s3_server_stopped_during_publish_keeps_the_live_release(tmp_path, templ
         cfg, name, classes = DeployConfig(bucket="faults", prefix="models"), "m", ["cat", "dog", "bird"]
         deploy.publish(cfg, name, "1", template / "v1.tflite", classes, {}, {})
 
-        s3 = deploy.s3_client(cfg)
+        s3 = s3io.s3_client(cfg)
 
         def stop_server(request, **_):  # the server goes away after model.tflite of v2 was uploaded
             if request.url.endswith("/releases/v2/labels.json"):
@@ -329,13 +329,13 @@ def test_s3_server_stopped_during_publish_keeps_the_live_release(tmp_path, templ
         assert pointer["version"] == "1"
         path, manifest = deploy.fetch_current(cfg, name, tmp_path / "live")  # sha256-verified
         assert manifest["version"] == "1" and path.read_bytes() == (template / "v1.tflite").read_bytes()
-        keys = [o["Key"] for o in deploy.s3_client(cfg).list_objects_v2(Bucket=cfg.bucket)["Contents"]]
+        keys = [o["Key"] for o in s3io.s3_client(cfg).list_objects_v2(Bucket=cfg.bucket)["Contents"]]
         assert f"models/{name}/releases/v2/manifest.json" not in keys, "the interrupted release never completed"
 
         deploy.publish(cfg, name, "2", template / "v2.tflite", classes, {}, {})  # the retry
         path, manifest = deploy.fetch_current(cfg, name, tmp_path / "live")
         assert manifest["version"] == "2" and path.read_bytes() == (template / "v2.tflite").read_bytes()
-        assert json.loads(deploy.s3_client(cfg).get_object(
+        assert json.loads(s3io.s3_client(cfg).get_object(
             Bucket=cfg.bucket, Key=deploy.previous_key(cfg, name))["Body"].read())["version"] == "1"
     finally:
         for stop in stops:
@@ -377,9 +377,9 @@ def test_mlflow_server_down_fails_fast_and_clearly(command, template, tmp_path, 
 DVC_LOCK = """schema: '2.0'
 stages:
   ingest:
-    cmd: mlops ingest --out data/ingested
+    cmd: python -m pipeline.stages.ingest --out data/ingested
     deps:
-    - path: pipeline/ingest.py
+    - path: pipeline/stages/ingest.py
       hash: md5
       md5: 5f6c2a4d0d8b0b1f9d4b0f7f2e3c1a90
       size: 10578

@@ -50,7 +50,7 @@ def test_the_secret_never_reaches_output_logs_runs_or_artifacts(template, aws_en
                                                                 caplog):
     import mlflow
 
-    from pipeline.delivery import releases as deploy
+    from pipeline.delivery import s3 as s3io
     from pipeline.core.config import load_params
 
     secret = aws_env["secret"]
@@ -97,7 +97,7 @@ def test_the_secret_never_reaches_output_logs_runs_or_artifacts(template, aws_en
     leaks += [str(p) for p in files if contains(p.read_bytes(), secret)]
 
     cfg = load_params(work / "params.yaml").deploy
-    s3 = deploy.s3_client(cfg)
+    s3 = s3io.s3_client(cfg)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=cfg.bucket)["Contents"]]
     assert f"models/{name}/releases/v1/manifest.json" in keys and len(keys) >= 4
     leaks += [f"s3://{cfg.bucket}/{k}" for k in keys
@@ -138,17 +138,18 @@ def test_git_index_holds_no_credentials():
 
 @pytest.mark.integration  # S3 server and/or MLflow store
 def test_a_tampered_release_is_refused_before_it_is_served(template, aws_env, tmp_path):
-    from pipeline.delivery import releases as deploy
+    from pipeline.delivery import releases as deploy, s3 as s3io
     from pipeline.core.config import DeployConfig
     from pipeline.core.errors import StageError
-    from pipeline.delivery.server import S3Source, create_app
+    from pipeline.delivery.api import create_app
+    from pipeline.delivery.server import S3Source
 
     cfg = DeployConfig(bucket="security", prefix="tamper", endpoint_url=aws_env["endpoint"])
     name = "tampered-model"
     deploy.publish(cfg, name, "1", template / "v1.tflite", ["cat", "dog", "bird"], {}, {})
     create_app(S3Source(cfg, name), cfg, start_reloader=False)  # the genuine release loads
 
-    s3 = deploy.s3_client(cfg)  # an attacker with write access swaps the model bytes in the release
+    s3 = s3io.s3_client(cfg)  # an attacker with write access swaps the model bytes in the release
     s3.put_object(Bucket=cfg.bucket, Key=f"tamper/{name}/releases/v1/model.tflite",
                   Body=(template / "v2.tflite").read_bytes())
     with pytest.raises(StageError, match="failed verification.*Refusing to serve it"):

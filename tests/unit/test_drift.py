@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline.monitoring import drift
-
-from pipeline.monitoring import simulate
 from pipeline.core.config import MonitorConfig
+from pipeline.monitoring import drift, simulate
 
 CFG = MonitorConfig()  # drift_p_value 0.01, psi_threshold 0.2, max_accuracy_drop 0.03
 

@@ -1,17 +1,30 @@
-"""Static checks of infra/: the compose stack, the Kubernetes manifests and the Prefect GPU job template.
+"""Static checks of infra/ and the lint set-up: the compose stack, the Kubernetes manifests, the Prefect GPU job
+template, the local stack's script layout and service table, the shell scripts and the lint contracts.
 
-No container engine or cluster is needed. `docker compose config` runs when the compose plugin exists;
-Kubernetes objects are validated against the bundled OpenAPI schemas of `kubernetes-validate` when it is
-installed (it works offline), and structurally in every case.
+No container engine, cluster or running service is needed. `docker compose config` runs when the compose plugin
+exists; Kubernetes objects are validated against the bundled OpenAPI schemas of `kubernetes-validate` when it is
+installed (it works offline), and structurally in every case; shellcheck runs where it is installed. The local
+stack's service table is exercised against throwaway processes and a local HTTP server (the real stack:
+tests/integration/test_stack.py).
 """
 
 from __future__ import annotations
 
+import ast
+import http.server
+import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import threading
+import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -21,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "infra" / "compose" / "docker-compose.yml"
 K8S = ROOT / "infra" / "k8s"
 GPU_TEMPLATE = K8S / "prefect-gpu-base-job-template.json"
+LOCAL = ROOT / "infra" / "local"
+SHELL_SCRIPTS = sorted({*ROOT.glob("infra/**/*.sh"), *ROOT.glob("bench/*.sh"), ROOT / ".ci" / "run"})
 K8S_VERSION = "1.31"
 STACK_NAMES = {"MLFLOW_TRACKING_URI", "PREFECT_API_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                "AWS_SECRET_ACCESS_KEY"}
@@ -81,7 +96,7 @@ def test_compose_workers_use_the_local_stack_variable_names_and_a_gpu_profile(co
     services = compose["services"]
     for name in ("worker", "worker-gpu"):
         env = services[name]["environment"]
-        assert STACK_NAMES <= set(env), f"{name} lacks {STACK_NAMES - set(env)}"
+        assert set(env) >= STACK_NAMES, f"{name} lacks {STACK_NAMES - set(env)}"
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
     gpu = services["worker-gpu"]
@@ -189,7 +204,7 @@ def test_k8s_references_resolve():
 
 @pytest.mark.skipif(kubernetes_validate is None, reason="kubernetes-validate not installed (structural checks ran)")
 def test_k8s_objects_validate_against_the_kubernetes_schemas():
-    for name, doc in _k8s_docs():
+    for _name, doc in _k8s_docs():
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)  # raises ValidationError naming the field
 
 
@@ -216,7 +231,7 @@ def test_gpu_base_job_template_placeholders_are_declared_and_defaults_valid():
     jsonschema.Draft7Validator.check_schema(variables)
     used = {p.name for p in find_placeholders(template["job_configuration"])}
     assert used <= set(variables["properties"]), f"undeclared: {used - set(variables['properties'])}"
-    for key, prop in variables["properties"].items():
+    for prop in variables["properties"].values():
         if "default" in prop:
             jsonschema.validate(prop["default"], {k: v for k, v in prop.items() if k != "default"})
     assert variables["properties"]["gpu_count"]["minimum"] >= 1
@@ -243,3 +258,203 @@ def test_gpu_job_requests_the_gpus_and_reads_s3_settings_from_the_cluster():
         for key in ("parallelism", "completions"):
             job["spec"][key] = pod.pop(key)
         kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+# ----------------------------------------------------------------------------------------------- local stack
+
+
+@pytest.fixture(scope="module")
+def stackctl():
+    """infra/local/stackctl.py, imported from its file (it is a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location("stackctl", LOCAL / "stackctl.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def _detached(marker: str) -> int:
+    """A sleeping process in its own session that is not our child (as a service started by `up` is not
+    stackctl's: its parent exits, init reaps it), so a stopped one does not linger as our zombie."""
+    script = f'setsid "$0" -c "import time; time.sleep(120)" {marker} </dev/null >/dev/null 2>&1 & echo $!'
+    pid = int(subprocess.run(["sh", "-c", script, sys.executable], capture_output=True, text=True,
+                             check=True).stdout)
+    for _ in range(100):  # until it runs python with the marker (setsid has exec'd)
+        try:
+            if marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                return pid
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} did not start")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_stack_script_keeps_its_python_in_a_self_contained_module():
+    script = (LOCAL / "stack.sh").read_text()
+    assert not re.search(r"<<-?\s*'?PY", script), "stack.sh embeds Python again: it belongs in stackctl.py"
+    assert not re.search(r"python\"?\s+-\s", script), "stack.sh runs Python from stdin"
+    assert '"$HERE/stackctl.py"' in script
+    assert len(script.splitlines()) < 300, "stack.sh grew past 300 lines: move logic into stackctl.py"
+    tree = ast.parse((LOCAL / "stackctl.py").read_text())
+    top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    top |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+    anywhere = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    anywhere |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert not anywhere & {"pipeline", "flows", "tests", "bench"}, "stackctl.py must not import project code"
+    # status/down/check-ports run on a bare python3: the module level imports the standard library only
+    assert top - {"__future__"} <= sys.stdlib_module_names, top - sys.stdlib_module_names
+    assert anywhere - top <= {"boto3", "botocore", "dvc"}, anywhere - top
+
+
+def test_service_table_keeps_the_state_layout_and_variables_of_the_stack(stackctl):
+    table = {s.name: s for s in stackctl.SERVICES}
+    # the order `up` starts them in (and `down` reverses); the pid files tests/helpers_stack.py reads
+    assert list(table) == ["s3", "mlflow", "prefect-server", "worker"]
+    assert {n: s.pid_file for n, s in table.items()} == {
+        "s3": "s3/nanio.pid", "mlflow": "run/mlflow.pid", "prefect-server": "run/prefect-server.pid",
+        "worker": "run/worker.pid"}
+    assert [s.port_var for s in table.values()] == ["S3_PORT", "MLFLOW_PORT", "PREFECT_PORT", None]
+    script = (LOCAL / "stack.sh").read_text()
+    for service in table.values():
+        assert service.marker and service.grace > 0 and service.probe in ("any", "ok", "pool"), service
+        assert f"launch {service.name} " in script or service.name == "s3", f"stack.sh never starts {service.name}"
+    assert "s3.sh\" start" in script  # S3: s3.sh starts nanio (and owns the credentials file), the table the rest
+
+
+def test_stack_status_prints_one_line_per_row_of_the_service_table(stackctl, tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "NANIO_", "STACK_", "S3_PORT"))}
+    env.update({"STACK_DIR": str(tmp_path / "state"), "STACK_ENV_FILE": str(tmp_path / "cred.env"),
+                "STACK_BIN": str(Path(sys.executable).parent), "S3_PORT": str(_free_port()),
+                "MLFLOW_PORT": str(_free_port()), "PREFECT_PORT": str(_free_port())})
+    result = subprocess.run([str(LOCAL / "stack.sh"), "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.splitlines() == [f"stack.sh: {s.label}: stopped" for s in stackctl.SERVICES]
+    assert not (tmp_path / "cred.env").exists()  # status creates no credentials
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_status_and_down_read_the_table_and_signal_only_their_own_process_groups(stackctl, tmp_path, monkeypatch,
+                                                                               capsys):
+    service = stackctl.Service
+    fake = (  # a healthy, a sick, a stopped service, and a stale pid file naming someone else's process
+        service("ok", "Healthy thing", "MLFLOW_PORT", "run/ok.pid", "stackctl-test-marker", 2, "ok",
+                "{mlflow}/health", "{mlflow}"),
+        service("sick", "Sick thing", "PREFECT_PORT", "run/sick.pid", "stackctl-test-marker", 2, "ok",
+                "{prefect}/health", "{prefect}"),
+        service("gone", "Stopped thing", None, "run/gone.pid", "stackctl-test-marker", 2, "ok", "{s3}", "{s3}"),
+        service("stale", "Stale thing", None, "run/stale.pid", "no-such-marker", 2, "ok", "{s3}", "{s3}"),
+    )
+    monkeypatch.setattr(stackctl, "SERVICES", fake)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    child = _detached("stackctl-test-marker")
+    try:
+        run = tmp_path / "run"
+        run.mkdir()
+        for name in ("ok", "sick"):
+            (run / f"{name}.pid").write_text(f"{child}\n")
+        (run / "stale.pid").write_text(f"{os.getpid()}\n")  # alive, but not ours: its command line lacks the marker
+        ports = {"S3_PORT": _free_port(), "MLFLOW_PORT": server.server_address[1], "PREFECT_PORT": _free_port()}
+        stack = stackctl.Stack(tmp_path, ports, "pool", 5, "stack.sh")
+        mlflow, prefect = (f"http://127.0.0.1:{ports[v]}" for v in ("MLFLOW_PORT", "PREFECT_PORT"))
+
+        assert stack.status() == 3
+        assert capsys.readouterr().out.splitlines() == [
+            f"stack.sh: Healthy thing: running (pid {child}) at {mlflow}",
+            f"stack.sh: Sick thing: process {child} alive but {prefect}/health does not answer",
+            "stack.sh: Stopped thing: stopped",
+            "stack.sh: Stale thing: stopped",
+        ]
+
+        assert stack.down() == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[:3] == ["stack.sh: Stale thing: not running", "stack.sh: Stopped thing: not running",
+                           f"stack.sh: Sick thing: stopped (pid {child})"]  # reverse order, SIGTERM sufficed
+        assert out[3] == "stack.sh: Healthy thing: not running"  # the same group, already stopped
+        assert out[4] == (f"stack.sh: note: port(s) {ports['MLFLOW_PORT']} still answer: "
+                          "not a process this script started")  # our HTTP server: not in the table's groups
+        assert _gone(child)
+        assert not list(run.glob("*.pid"))
+    finally:
+        server.shutdown()
+        if not _gone(child):
+            os.killpg(child, signal.SIGKILL)
+
+
+def test_wait_fails_with_the_log_tail_when_a_service_exits_during_start_up(stackctl, tmp_path, monkeypatch, capsys):
+    service = stackctl.Service("flaky", "Flaky thing", None, "run/flaky.pid", "stackctl-test-marker", 2, "ok",
+                               "{s3}/health", "{s3}")
+    monkeypatch.setattr(stackctl, "SERVICES", (service,))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "logs").mkdir()
+    stack = stackctl.Stack(tmp_path, {"S3_PORT": _free_port(), "MLFLOW_PORT": 1, "PREFECT_PORT": 2}, "p", 30, "x")
+    started = time.monotonic()
+    stack.launch(service, str(tmp_path), [sys.executable, "-c", "print('boom'); raise SystemExit(3)",
+                                          "stackctl-test-marker"])
+    assert stack.wait(service) == 1
+    assert time.monotonic() - started < 15
+    err = capsys.readouterr().err
+    assert "Flaky thing exited during start-up" in err and "boom" in err, err
+    assert not (tmp_path / "run" / "flaky.pid").exists()
+
+
+# ----------------------------------------------------------------------------------------------- lint set-up
+
+
+def test_shell_scripts_pass_shellcheck():
+    assert {LOCAL / "stack.sh", LOCAL / "s3.sh", ROOT / ".ci" / "run"} <= set(SHELL_SCRIPTS)
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (make lint installs it from apt)")
+    result = subprocess.run([shellcheck, *map(str, SHELL_SCRIPTS)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ci_lints_before_it_tests_and_make_lint_runs_every_checker():
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert "set -euo pipefail" in ci
+    assert ci.index("time make lint") < ci.index("time make test")
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile[makefile.index("\nlint:"):].split("\n\n")[0]
+    for tool in ("ruff check", "ruff format --check", "mypy", "lint-imports", "shellcheck"):
+        assert tool in recipe, f"make lint does not run {tool}"
+
+
+def test_import_contracts_cover_every_subpackage_of_pipeline():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    assert set(config["root_packages"]) == {"pipeline", "flows"}
+    contracts = {c["id"]: c for c in config["contracts"]}
+    layered = {m.strip() for layer in contracts["layers"]["layers"] for m in layer.split("|")}
+    ours = {f"pipeline.{p.parent.name}" for p in (ROOT / "pipeline").glob("*/__init__.py")}
+    ours |= {f"pipeline.{p.stem}" for p in (ROOT / "pipeline").glob("*.py") if p.stem != "__init__"}
+    assert ours | {"flows"} == layered, "a module of pipeline/ sits in no layer (or a layer names a missing one)"
+    stages = {f"pipeline.stages.{p.stem}" for p in (ROOT / "pipeline" / "stages").glob("*.py") if p.stem != "__init__"}
+    assert set(contracts["stages-independent"]["modules"]) == stages

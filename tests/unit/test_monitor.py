@@ -10,15 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.stages import ingest
-
 from pipeline.core import io
-
-from pipeline.monitoring import intake as monitor
-
-from pipeline.monitoring import simulate
 from pipeline.core.config import Params
 from pipeline.core.errors import DatasetError, StageError
+from pipeline.monitoring import intake as monitor, scoring, simulate
+from pipeline.monitoring.state import MonitorState, mark_triggered, should_retrain
+from pipeline.stages import ingest
 from tests.helpers import write_ingested
 
 CLASSES = ["top", "middle", "bottom"]
@@ -42,8 +39,8 @@ def champion(tmp_path_factory):
     """A real .tflite model: Dense weights average the pixels of each class's band, so it is ~100% accurate."""
     import keras
 
-    from pipeline.stages import compress
     from pipeline.ml.tflite import TFLiteModel
+    from pipeline.stages import compress
 
     model = keras.Sequential([keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(3)])
     kernel = np.zeros((64, 3), np.float32)
@@ -64,16 +61,17 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def profile(data_dir, champion):
-    return monitor.build_profile(data_dir, champion, sample=300, seed=0)
+    return scoring.build_profile(data_dir, champion, sample=300, seed=0)
 
 
 @pytest.fixture
 def env(tmp_path, champion, profile):
     """Params pointing the monitor at tmp_path, a fresh state, and a `step` helper running check_batch."""
-    params = Params.model_validate({"monitor": {
-        "incoming_dir": str(tmp_path / "incoming"), "accepted_dir": str(tmp_path / "accepted"),
-        "state_path": str(tmp_path / "monitor" / "state.json"), "consecutive_batches": 2, "cooldown_minutes": 60}})
-    state = monitor.MonitorState.load(params.monitor.state_path)
+    params = Params.model_validate({
+        "paths": {"incoming": str(tmp_path / "incoming"), "accepted": str(tmp_path / "accepted"),
+                  "monitor_state": str(tmp_path / "monitor" / "state.json")},
+        "monitor": {"consecutive_batches": 2, "cooldown_minutes": 60}})
+    state = MonitorState.load(params.paths.monitor_state)
 
     class Env:
         pass
@@ -95,7 +93,7 @@ def env(tmp_path, champion, profile):
         return simulate.apply_drift(x, y, kind, severity, np.random.default_rng(0), 3)
 
     def step(path=None, accuracy=None):
-        path = path or monitor.next_batch(e.cfg)
+        path = path or monitor.next_batch(e.params)
         return monitor.check_batch(e.params, path, e.model, accuracy, e.profile, e.state)
 
     e.drop, e.batch, e.step = drop, batch, step
@@ -103,7 +101,7 @@ def env(tmp_path, champion, profile):
 
 
 def _on_disk(e) -> dict:
-    return json.loads(Path(e.cfg.state_path).read_text())
+    return json.loads(Path(e.params.paths.monitor_state).read_text())
 
 
 # --------------------------------------------------------------------------------------------- profile & validation
@@ -142,13 +140,13 @@ def test_validate_batch_reuses_the_image_expectations():
 def test_clean_batch_is_accepted_and_recorded(env):
     path = env.drop(*env.batch())
     path.with_suffix(".json").write_text('{"kind": "none"}')
-    assert monitor.next_batch(env.cfg) == path
+    assert monitor.next_batch(env.params) == path
     record = env.step()
     assert record["status"] == "accepted" and record["bad"] is False and record["reasons"] == []
     assert record["assessment"]["accuracy"] == pytest.approx(1.0) and not record["assessment"]["drifted"]
     assert not path.exists() and (env.accepted / path.name).is_file()
     assert (env.accepted / "batch-001.json").is_file()  # the sidecar travels with the batch
-    assert monitor.next_batch(env.cfg) is None
+    assert monitor.next_batch(env.params) is None
     saved = _on_disk(env)
     assert saved["consecutive_bad"] == 0
     assert saved["processed"][record["sha256"]]["status"] == "accepted"
@@ -162,25 +160,25 @@ def test_consecutive_bad_batches_trigger_once_then_cooldown(env):
         assert record["bad"] and record["assessment"]["drifted"] and record["consecutive_bad"] == i
         assert any("input drift in mean" in r for r in record["reasons"])
         if i == 1:
-            assert monitor.should_retrain(env.state, env.cfg, T0) == (False, "1 of 2 consecutive drifted/degraded "
-                                                                      "batches")
-    go, why = monitor.should_retrain(env.state, env.cfg, T0)
+            assert should_retrain(env.state, env.cfg, T0) == (False, "1 of 2 consecutive drifted/degraded "
+                                                              "batches")
+    go, why = should_retrain(env.state, env.cfg, T0)
     assert go and "2 consecutive" in why
-    monitor.mark_triggered(env.state, T0, reason=why)
+    mark_triggered(env.state, T0, reason=why)
     env.state.save()
     saved = _on_disk(env)
     assert saved["consecutive_bad"] == 0 and saved["last_trigger_at"] == T0.isoformat()
     assert saved["history"][-1]["event"] == "retrain"
-    assert monitor.should_retrain(env.state, env.cfg, T0)[0] is False  # idempotent: asking again is a no
+    assert should_retrain(env.state, env.cfg, T0)[0] is False  # idempotent: asking again is a no
 
     for _ in range(2):
         env.step(env.drop(*env.batch("noise", 0.6)))
     assert env.state.consecutive_bad == 2
-    go, why = monitor.should_retrain(env.state, env.cfg, T0 + dt.timedelta(minutes=30))
+    go, why = should_retrain(env.state, env.cfg, T0 + dt.timedelta(minutes=30))
     assert not go and "cooldown" in why and "30.0 of 60 minutes" in why
-    assert monitor.should_retrain(env.state, env.cfg, T0 + dt.timedelta(minutes=61))[0] is True
+    assert should_retrain(env.state, env.cfg, T0 + dt.timedelta(minutes=61))[0] is True
     # a naive `now` is read as UTC
-    assert monitor.should_retrain(env.state, env.cfg, dt.datetime(2025, 1, 1, 12, 30))[0] is False
+    assert should_retrain(env.state, env.cfg, dt.datetime(2025, 1, 1, 12, 30))[0] is False
     # every batch was accepted: drifted data is exactly what retraining needs
     assert len(list(env.accepted.glob("*.npz"))) == 4 and len(env.state.accepted) == 4
 
@@ -190,7 +188,7 @@ def test_a_clean_batch_resets_the_counter(env):
     clean = env.step(env.drop(*env.batch()))
     assert clean["bad"] is False and clean["consecutive_bad"] == 0
     assert env.step(env.drop(*env.batch("blur", 0.5)))["consecutive_bad"] == 1
-    assert monitor.should_retrain(env.state, env.cfg, T0)[0] is False
+    assert should_retrain(env.state, env.cfg, T0)[0] is False
 
 
 def test_label_shift_and_degradation_count_as_bad(env):
@@ -200,7 +198,7 @@ def test_label_shift_and_degradation_count_as_bad(env):
     relabelled = env.step(env.drop(x, (y + 1) % 3), accuracy=0.97)  # concept drift: same images, new meaning
     assert relabelled["assessment"]["degraded"] and not relabelled["assessment"]["drifted"]
     assert relabelled["consecutive_bad"] == 2
-    assert monitor.should_retrain(env.state, env.cfg, T0)[0] is True
+    assert should_retrain(env.state, env.cfg, T0)[0] is True
 
 
 def test_reprocessing_is_a_no_op(env):
@@ -211,7 +209,7 @@ def test_reprocessing_is_a_no_op(env):
     again = env.step(path)  # the file was moved away: found in the state by name
     assert again["duplicate"] is True and again["sha256"] == first["sha256"] and again["status"] == "accepted"
     copy = env.drop(x, y, name="copy-of-first.npz")  # the same bytes dropped again under another name
-    assert monitor.next_batch(env.cfg) is None  # already processed content is skipped
+    assert monitor.next_batch(env.params) is None  # already processed content is skipped
     assert env.step(copy)["duplicate"] is True
     assert copy.exists()  # left alone
     assert json.dumps(_on_disk(env), sort_keys=True) == before
@@ -225,7 +223,7 @@ def test_crash_between_state_save_and_move_is_repaired(env):
     record = env.step(path)
     moved = Path(record["moved_to"])
     moved.rename(path)  # as if the process died after saving the state but before moving the file
-    assert monitor.next_batch(env.cfg) is None
+    assert monitor.next_batch(env.params) is None
     assert env.step(path)["duplicate"] is True
     assert moved.is_file() and not path.exists()
     assert env.state.consecutive_bad == 0 and len(env.state.processed) == 1
@@ -260,25 +258,25 @@ def test_invalid_batch_is_quarantined_with_a_reason_and_not_counted(env):
     no_labels = env.step(env.incoming / "no-labels.npz")
     assert no_labels["status"] == "rejected" and "missing array(s) ['y']" in no_labels["reasons"][0]
     assert env.state.consecutive_bad == 1 and len(env.state.accepted) == 1
-    assert monitor.next_batch(env.cfg) is None  # rejected/ is not incoming
+    assert monitor.next_batch(env.params) is None  # rejected/ is not incoming
 
 
 def test_empty_batch_raises_naming_the_file_and_is_quarantined(env):
     path = env.drop(np.zeros((0, *SHAPE), np.uint8), np.zeros(0, np.uint8), name="empty.npz")
     with pytest.raises(StageError, match=r"empty incoming batch .*incoming/empty\.npz"):
         env.step(path)
-    assert (env.incoming / "rejected" / "empty.npz").is_file() and monitor.next_batch(env.cfg) is None
+    assert (env.incoming / "rejected" / "empty.npz").is_file() and monitor.next_batch(env.params) is None
     assert env.state.consecutive_bad == 0 and len(env.state.accepted) == 0
 
 
 def test_state_round_trip_and_corrupt_state(tmp_path):
-    state = monitor.MonitorState(consecutive_bad=3, last_trigger_at=T0.isoformat())
+    state = MonitorState(consecutive_bad=3, last_trigger_at=T0.isoformat())
     path = state.save(tmp_path / "s" / "state.json")
-    assert monitor.MonitorState.load(path) == state
-    assert monitor.MonitorState.load(tmp_path / "missing.json") == monitor.MonitorState()
+    assert MonitorState.load(path) == state
+    assert MonitorState.load(tmp_path / "missing.json") == MonitorState()
     path.write_text("{not json")
     with pytest.raises(StageError, match="unreadable monitor state"):
-        monitor.MonitorState.load(path)
+        MonitorState.load(path)
 
 
 # --------------------------------------------------------------------------------------------- ingest side

@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.monitoring import drift
-
-from pipeline.monitoring import simulate
 from pipeline.core.errors import StageError
+from pipeline.monitoring import drift, simulate
 from tests.helpers import good_splits, make_images, write_ingested
 
 IMAGE_KINDS = ("brightness", "contrast", "noise", "blur")
@@ -229,7 +227,7 @@ def test_cli_simulate_writes_into_the_configured_incoming_dir(tmp_path, monkeypa
 
     monkeypatch.chdir(tmp_path)
     write_ingested(tmp_path / "data" / "ingested", good_splits(), ["a", "b", "c"])  # stream: 12 images
-    Path("params.yaml").write_text("seed: 3\nmonitor:\n  batch_size: 5\n  incoming_dir: inbox\n")
+    Path("params.yaml").write_text("seed: 3\nmonitor:\n  batch_size: 5\npaths:\n  incoming: inbox\n")
     runner = CliRunner()
     result = runner.invoke(app, ["simulate", "--kind", "blur", "--severity", "0.4", "--batches", "2"])
     assert result.exit_code == 0, result.output
