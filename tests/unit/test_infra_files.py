@@ -282,9 +282,10 @@ def _detached(marker: str) -> int:
     script = f'setsid "$0" -c "import time; time.sleep(120)" {marker} </dev/null >/dev/null 2>&1 & echo $!'
     pid = int(subprocess.run(["sh", "-c", script, sys.executable], capture_output=True, text=True,
                              check=True).stdout)
-    for _ in range(100):  # until it runs python with the marker (setsid has exec'd)
+    for _ in range(100):  # until it is python itself (the forked sh and setsid have exec'd: no more exec windows)
         try:
-            if marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            if argv[0] == sys.executable and marker in argv:
                 return pid
         except OSError:
             pass

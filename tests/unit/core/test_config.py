@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.core.config import ConfigError, Params, load_params
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_project_params_yaml_is_valid():

@@ -12,7 +12,7 @@ import yaml
 from flows.common import WorkspaceBusy, run_streaming, workspace_lock
 from pipeline.core.config import ConfigError, update_params
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_second_flow_on_a_workspace_refuses_clearly_or_waits(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-_ROOT = str(Path(__file__).resolve().parents[2])  # so `tests.helpers` imports under plain `pytest` too
+_ROOT = str(Path(__file__).resolve().parents[3])  # so `tests.helpers` imports under plain `pytest` too
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
