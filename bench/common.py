@@ -20,7 +20,7 @@ RESULTS = ROOT / "bench" / "results.json"
 from tests.helpers_project import make_project, run, tool_env  # noqa: E402
 from tests.helpers_s3 import free_port  # noqa: E402
 
-__all__ = ["ROOT", "make_project", "run", "tool_env", "timed", "prefect_server", "save", "free_port", "paths_of"]
+__all__ = ["ROOT", "free_port", "make_project", "paths_of", "prefect_server", "run", "save", "timed", "tool_env"]
 
 
 def paths_of(workspace: Path) -> dict[str, Path]:
@@ -43,11 +43,20 @@ def prefect_server():
     """A real Prefect server on a free port for the duration; yields its env."""
     home = Path(tempfile.mkdtemp(prefix="bench-prefect-"))
     port = free_port()
-    env = {"PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
-    proc = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=tool_env(env), stdout=open(home / "server.log", "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    with open(home / "server.log", "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=tool_env(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -71,7 +80,10 @@ def prefect_server():
 def save(section: str, figures: dict) -> None:
     """Merge one benchmark's figures into bench/results.json."""
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    data[section] = {**figures, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "cpus": os.cpu_count()}
+    data[section] = {
+        **figures,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpus": os.cpu_count(),
+    }
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps({section: data[section]}, indent=2))

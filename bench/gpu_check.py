@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # dense bf16/fp16 tensor-core peaks
 
@@ -48,9 +48,9 @@ def main() -> None:
     args = ap.parse_args()
     import keras
 
+    from pipeline.ml.batching import make_batches
     from pipeline.ml.models import build_model
     from pipeline.ml.runtime import configure_precision, describe
-    from pipeline.ml.batching import make_batches
 
     data = np.load(args.data)
     x, y, xv, yv = data["x_train"], data["y_train"], data["x_val"], data["y_val"]
@@ -59,11 +59,15 @@ def main() -> None:
     std = [float(x.std())]
     model = build_model("fast_net", x.shape[1:], 10, mean, std, flip=True, translate=0.1, width=args.width)
     steps = args.epochs * -(-len(x) // args.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(0.0, steps - steps // 10, warmup_target=3e-3 * args.batch_size / 128,
-                                                      warmup_steps=steps // 10, alpha=0.01)
-    model.compile(keras.optimizers.AdamW(schedule, weight_decay=5e-4),
-                  keras.losses.CategoricalCrossentropy(from_logits=True), metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-                  jit_compile=True)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, steps - steps // 10, warmup_target=3e-3 * args.batch_size / 128, warmup_steps=steps // 10, alpha=0.01
+    )
+    model.compile(
+        keras.optimizers.AdamW(schedule, weight_decay=5e-4),
+        keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=True,
+    )
     train = make_batches(keras, x, y, 10, args.batch_size, True, 0)
     val = make_batches(keras, xv, yv, 10, 1024, False, 0)
     log = []
@@ -76,8 +80,14 @@ def main() -> None:
             self.t = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            log.append({"epoch": epoch + 1, "seconds": time.perf_counter() - self.t,
-                        "elapsed": time.perf_counter() - self.start, "val_accuracy": float(logs["val_accuracy"])})
+            log.append(
+                {
+                    "epoch": epoch + 1,
+                    "seconds": time.perf_counter() - self.t,
+                    "elapsed": time.perf_counter() - self.start,
+                    "val_accuracy": float(logs["val_accuracy"]),
+                }
+            )
             print(json.dumps(log[-1]), flush=True)
 
     model.fit(train, validation_data=val, epochs=args.epochs, verbose=0, callbacks=[Timer()])
@@ -86,12 +96,23 @@ def main() -> None:
     reached = next((e["elapsed"] for e in log if e["val_accuracy"] >= args.target), None)
     flops = 3 * forward_flops(model)  # forward + backward ≈ 3× forward
     peak = PEAK_TFLOPS.get(args.gpu, 989.0) * 1e12
-    print(json.dumps({"gpu_check": {
-        **describe(), "dtype_policy": policy, "images_per_second": round(ips, 1),
-        "epoch_seconds_median": round(float(np.median(steady)), 3),
-        f"seconds_to_val_accuracy_{args.target}": reached, "final_val_accuracy": log[-1]["val_accuracy"],
-        "train_gflop_per_image": round(flops / 1e9, 4),
-        "estimated_flop_utilisation": round(flops * ips / peak, 5)}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "gpu_check": {
+                    **describe(),
+                    "dtype_policy": policy,
+                    "images_per_second": round(ips, 1),
+                    "epoch_seconds_median": round(float(np.median(steady)), 3),
+                    f"seconds_to_val_accuracy_{args.target}": reached,
+                    "final_val_accuracy": log[-1]["val_accuracy"],
+                    "train_gflop_per_image": round(flops / 1e9, 4),
+                    "estimated_flop_utilisation": round(flops * ips / peak, 5),
+                }
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

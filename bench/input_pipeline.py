@@ -13,17 +13,16 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import ROOT, save  # noqa: E402
+from common import ROOT, save
 
 
 def main() -> None:
     import keras
-    import numpy as np
 
     from pipeline.core import io
     from pipeline.core.config import load_params
-    from pipeline.ml.models import build_model
     from pipeline.ml.batching import make_batches
+    from pipeline.ml.models import build_model
     from training import prepared_data
 
     params = load_params(ROOT / "params.yaml").train
@@ -37,8 +36,16 @@ def main() -> None:
         data[i]
     data_ips = len(x) / (time.perf_counter() - started)
 
-    model = build_model(params.model, stats["image_shape"], 10, stats["mean"], stats["std"],
-                        flip=params.augment.flip, translate=params.augment.translate, width=params.width)
+    model = build_model(
+        params.model,
+        stats["image_shape"],
+        10,
+        stats["mean"],
+        stats["std"],
+        flip=params.augment.flip,
+        translate=params.augment.translate,
+        width=params.width,
+    )
     model.compile("adam", keras.losses.CategoricalCrossentropy(from_logits=True))
     bx, by = data[0]
     model.train_on_batch(bx, by)
@@ -47,10 +54,15 @@ def main() -> None:
     for _ in range(steps):
         model.train_on_batch(bx, by)
     model_ips = steps * len(bx) / (time.perf_counter() - started)
-    save("input_pipeline", {"data_path_images_per_second": round(data_ips, 1),
-                            "model_images_per_second": round(model_ips, 1),
-                            "headroom": round(data_ips / model_ips, 2),
-                            "targets": {"headroom": ">= 2 (CPU)"}})
+    save(
+        "input_pipeline",
+        {
+            "data_path_images_per_second": round(data_ips, 1),
+            "model_images_per_second": round(model_ips, 1),
+            "headroom": round(data_ips / model_ips, 2),
+            "targets": {"headroom": ">= 2 (CPU)"},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,12 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=3000, help="images per class (Fashion-MNIST has 6000)")
     ap.add_argument("--epochs", type=int, default=6)
     args = ap.parse_args()
-    params = {"ingest": {"max_per_class": args.per_class}, "train": {"epochs": args.epochs},
-              "compress": {"fine_tune_epochs": 1},
-              "evaluate": {"min_accuracy": 0.5, "per_class_floor": 0.0, "max_drop_vs_fp32": 0.05}}
+    params = {
+        "ingest": {"max_per_class": args.per_class},
+        "train": {"epochs": args.epochs},
+        "compress": {"fine_tune_epochs": 1},
+        "evaluate": {"min_accuracy": 0.5, "per_class_floor": 0.0, "max_drop_vs_fp32": 0.05},
+    }
     tmp = Path(tempfile.mkdtemp(prefix="bench-orch-"))
     bare = make_project(tmp / "bare", params)
     flowed = make_project(tmp / "flow", params)
@@ -33,8 +36,7 @@ def main() -> None:
     train = json.loads(paths_of(bare)["train_metrics"].read_text())
 
     with prefect_server() as env:
-        code = ("from flows.training import training_flow; "
-                f"training_flow(project_dir={str(flowed)!r}, promote=False)")
+        code = f"from flows.training import training_flow; training_flow(project_dir={str(flowed)!r}, promote=False)"
         started = time.perf_counter()
         run(["python", "-c", code], flowed, env, timeout=7200)
         flow_seconds = time.perf_counter() - started
@@ -44,21 +46,28 @@ def main() -> None:
             run(["python", "-c", code], flowed, env)
             flow_noop.append(time.perf_counter() - started)
 
-    save("orchestration", {
-        "workload": {"images_per_class": args.per_class, "epochs": args.epochs},
-        "bare_dvc_repro_s": round(full, 1),
-        "training_flow_s": round(flow_seconds, 1),
-        "flow_over_bare_ratio": round(flow_seconds / full, 3),
-        "flow_fixed_overhead_s": round(min(flow_noop) - noop, 1),
-        "flow_noop_s": round(min(flow_noop), 2),
-        "noop_repro_s": round(noop, 2),
-        "noop_over_full_ratio": round(noop / full, 4),
-        "mlflow_logging_s": record.get("logging_seconds"),
-        "train_fit_s": train["fit_seconds"],
-        "mlflow_logging_over_training_ratio": round(record.get("logging_seconds", 0) / train["fit_seconds"], 4),
-        "targets": {"flow_over_bare_ratio": "<= 1.10", "flow_fixed_overhead_s": "<= 10",
-                    "noop_over_full_ratio": "<= 0.05 and <= 2 s", "mlflow_logging_over_training_ratio": "<= 0.01"},
-    })
+    save(
+        "orchestration",
+        {
+            "workload": {"images_per_class": args.per_class, "epochs": args.epochs},
+            "bare_dvc_repro_s": round(full, 1),
+            "training_flow_s": round(flow_seconds, 1),
+            "flow_over_bare_ratio": round(flow_seconds / full, 3),
+            "flow_fixed_overhead_s": round(min(flow_noop) - noop, 1),
+            "flow_noop_s": round(min(flow_noop), 2),
+            "noop_repro_s": round(noop, 2),
+            "noop_over_full_ratio": round(noop / full, 4),
+            "mlflow_logging_s": record.get("logging_seconds"),
+            "train_fit_s": train["fit_seconds"],
+            "mlflow_logging_over_training_ratio": round(record.get("logging_seconds", 0) / train["fit_seconds"], 4),
+            "targets": {
+                "flow_over_bare_ratio": "<= 1.10",
+                "flow_fixed_overhead_s": "<= 10",
+                "noop_over_full_ratio": "<= 0.05 and <= 2 s",
+                "mlflow_logging_over_training_ratio": "<= 0.01",
+            },
+        },
+    )
 
 
 if __name__ == "__main__":

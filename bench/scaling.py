@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, make_project, save, tool_env
+from common import make_project, save, tool_env
 
 FULL_PER_CLASS = 6000
 
@@ -69,17 +69,24 @@ def main() -> None:
         print(row, flush=True)
     images = [r["images"] for r in rows]
     folder = write_folder(tmp / "folder", args.folder_images)
-    work = make_project(tmp / "folder-project", {"ingest": {"dataset": "image-folder", "source": str(folder),
-                                                            "image_size": [28, 28], "channels": 1}})
+    work = make_project(
+        tmp / "folder-project",
+        {"ingest": {"dataset": "image-folder", "source": str(folder), "image_size": [28, 28], "channels": 1}},
+    )
     folder_ingest = measure(["mlops", "ingest"], work)
-    save("scaling", {
-        "rows": rows,
-        "slope_s_per_1000_images": {step: round(slope(images, [r[step]["seconds"] for r in rows]), 3)
-                                    for step in ("ingest", "validate", "train_1_epoch")},
-        "image_folder_ingest": {"files": args.folder_images, **folder_ingest},
-        "train_peak_rss_mb_full": rows[-1]["train_1_epoch"]["peak_rss_mb"],
-        "targets": {"growth": "linear (see slope and rows)", "train_peak_rss_mb_full": "<= 2560"},
-    })
+    save(
+        "scaling",
+        {
+            "rows": rows,
+            "slope_s_per_1000_images": {
+                step: round(slope(images, [r[step]["seconds"] for r in rows]), 3)
+                for step in ("ingest", "validate", "train_1_epoch")
+            },
+            "image_folder_ingest": {"files": args.folder_images, **folder_ingest},
+            "train_peak_rss_mb_full": rows[-1]["train_1_epoch"]["peak_rss_mb"],
+            "targets": {"growth": "linear (see slope and rows)", "train_peak_rss_mb_full": "<= 2560"},
+        },
+    )
 
 
 if __name__ == "__main__":

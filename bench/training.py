@@ -15,16 +15,15 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import ROOT, save  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
+from common import ROOT, save
 
 
 def prepared_data(workdir: Path) -> Path:
     """Full Fashion-MNIST through the real ingest + preprocess stages."""
-    from pipeline.stages import ingest
-    from pipeline.stages import preprocess
     from pipeline.core.config import load_params
+    from pipeline.stages import ingest, preprocess
 
     params = load_params(ROOT / "params.yaml")
     ingest.run(params.ingest, params.seed, workdir / "ingested", accepted_dir=None)
@@ -37,12 +36,20 @@ def bare_seed_cnn(x, y, x_val, y_val, epochs: int, batch_size: int) -> dict:
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input(x.shape[1:]), keras.layers.Rescaling(1 / 255.0),
-        keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(64, 3, activation="relu"), keras.layers.Flatten(),
-        keras.layers.Dense(1024, activation="relu"), keras.layers.Dense(10)])
+    model = keras.Sequential(
+        [
+            keras.Input(x.shape[1:]),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1024, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     times = []
 
@@ -53,16 +60,26 @@ def bare_seed_cnn(x, y, x_val, y_val, epochs: int, batch_size: int) -> dict:
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t)
 
-    hist = model.fit(x.astype("float32"), y, batch_size=batch_size, epochs=epochs, verbose=0,
-                     validation_data=(x_val.astype("float32"), y_val), callbacks=[Timer()])
+    hist = model.fit(
+        x.astype("float32"),
+        y,
+        batch_size=batch_size,
+        epochs=epochs,
+        verbose=0,
+        validation_data=(x_val.astype("float32"), y_val),
+        callbacks=[Timer()],
+    )
     steady = times[1:] or times
-    return {"images_per_second": len(x) / float(np.median(steady)),
-            "val_accuracy": float(hist.history["val_accuracy"][-1]), "epoch_seconds": times}
+    return {
+        "images_per_second": len(x) / float(np.median(steady)),
+        "val_accuracy": float(hist.history["val_accuracy"][-1]),
+        "epoch_seconds": times,
+    }
 
 
 def stage(prepared: Path, out: Path, **train) -> dict:
-    from pipeline.stages import train as train_stage
     from pipeline.core.config import TrainConfig
+    from pipeline.stages import train as train_stage
 
     cfg = TrainConfig(**train)
     return train_stage.run(cfg, 0, prepared, out / "model.keras", out / "train.json", out / "plots", out / "backup")
@@ -83,8 +100,16 @@ def main() -> None:
     xv, yv = io.read_split(prepared, "val")
 
     bare = bare_seed_cnn(x, y, xv, yv, args.throughput_epochs, 128)
-    ours = stage(prepared, work / "tp", model="seed_cnn", epochs=args.throughput_epochs, batch_size=128,
-                 learning_rate=1e-3, weight_decay=0.0, augment={"flip": False, "translate": 0.0})
+    ours = stage(
+        prepared,
+        work / "tp",
+        model="seed_cnn",
+        epochs=args.throughput_epochs,
+        batch_size=128,
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        augment={"flip": False, "translate": 0.0},
+    )
     ours_ips = ours["images_per_second"]  # same definition as the bare script: train images ÷ median steady epoch
 
     curves = {}
@@ -100,15 +125,17 @@ def main() -> None:
             print(model, points[-1], flush=True)
         curves.setdefault(model, points)
     plot(curves, ROOT / "bench" / "accuracy_vs_time.png")
-    save("training", {
-        "bare_keras_images_per_second": round(bare["images_per_second"], 1),
-        "stage_images_per_second": round(ours_ips, 1),
-        "stage_over_bare_throughput": round(ours_ips / bare["images_per_second"], 3),
-        "accuracy_at_budget": curves,
-        "fast_beats_seed_at_every_budget_ge_120s": beats(curves),
-        "targets": {"stage_over_bare_throughput": ">= 0.95",
-                    "fast_beats_seed_at_every_budget_ge_120s": True},
-    })
+    save(
+        "training",
+        {
+            "bare_keras_images_per_second": round(bare["images_per_second"], 1),
+            "stage_images_per_second": round(ours_ips, 1),
+            "stage_over_bare_throughput": round(ours_ips / bare["images_per_second"], 3),
+            "accuracy_at_budget": curves,
+            "fast_beats_seed_at_every_budget_ge_120s": beats(curves),
+            "targets": {"stage_over_bare_throughput": ">= 0.95", "fast_beats_seed_at_every_budget_ge_120s": True},
+        },
+    )
 
 
 def best_at(points: list[dict], seconds: float) -> float | None:
@@ -128,9 +155,9 @@ def beats(curves: dict) -> bool:
 
 
 def plot(curves: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -31,8 +31,10 @@ def workspace_lock(project_dir: Path, wait_seconds: float = 0.0) -> Iterator[Non
                 if time.monotonic() >= deadline:
                     fh.seek(0)
                     holder = fh.read().strip() or "another process"
-                    raise WorkspaceBusy(f"{project_dir}: workspace busy ({holder}); DVC runs one pipeline per "
-                                        f"workspace — wait for it or use another clone.") from None
+                    raise WorkspaceBusy(
+                        f"{project_dir}: workspace busy ({holder}); DVC runs one pipeline per "
+                        f"workspace — wait for it or use another clone."
+                    ) from None
                 time.sleep(2)
         fh.seek(0)
         fh.truncate()
@@ -55,8 +57,9 @@ def tool_env() -> dict[str, str]:
 
 def run_streaming(cmd: list[str], cwd: Path, log) -> str:
     """Run `cmd`, sending each output line to `log(line)`; return the output; raise on failure."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -72,5 +75,6 @@ def run_streaming(cmd: list[str], cwd: Path, log) -> str:
 
 
 def dvc_remote_configured(project_dir: Path) -> bool:
+    """True when the workspace has a DVC remote (so a push has somewhere to go)."""
     out = subprocess.run(["dvc", "remote", "list"], cwd=project_dir, env=tool_env(), capture_output=True, text=True)
     return out.returncode == 0 and bool(out.stdout.strip())

@@ -1,6 +1,6 @@
 """One-command local mode for development: serve all three flows from this process (no worker, no deploy).
 
-    python -m flows.dev          # needs PREFECT_API_URL (e.g. `prefect server start`); Ctrl-C stops and pauses
+python -m flows.dev          # needs PREFECT_API_URL (e.g. `prefect server start`); Ctrl-C stops and pauses
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from flows.training import training_flow
 
 
 def main() -> None:
+    """Serve training (weekly), monitor (hourly) and promotion from this process until interrupted."""
     project_dir = os.environ.get("MLOPS_PROJECT_DIR", os.getcwd())
     params = {"project_dir": project_dir}
     serve(

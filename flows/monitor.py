@@ -1,5 +1,6 @@
 """Monitor flow (the feedback loop): score the champion on incoming labelled batches, detect drift and
-degradation, and after N consecutive bad batches (cooldown respected) retrain on the accepted data."""
+degradation, and after N consecutive bad batches (cooldown respected) retrain on the accepted data.
+"""
 
 from __future__ import annotations
 
@@ -46,25 +47,44 @@ def log_batch(experiment: str, model_name: str, version: str, record: dict) -> N
 
     experiment_id = registry.ensure_experiment(experiment)
     assessment = record.get("assessment") or {}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=record["file"],
-                          tags={"model_name": model_name, "champion_version": version, "status": record["status"],
-                                "bad": str(record.get("bad")).lower(), "batch_sha256": record["sha256"]}):
-        mlflow.log_metrics({**numeric_metrics("", {k: v for k, v in assessment.items() if k != "reasons"}),
-                            "consecutive_bad": record.get("consecutive_bad", 0)})
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=record["file"],
+        tags={
+            "model_name": model_name,
+            "champion_version": version,
+            "status": record["status"],
+            "bad": str(record.get("bad")).lower(),
+            "batch_sha256": record["sha256"],
+        },
+    ):
+        mlflow.log_metrics(
+            {
+                **numeric_metrics("", {k: v for k, v in assessment.items() if k != "reasons"}),
+                "consecutive_bad": record.get("consecutive_bad", 0),
+            }
+        )
         mlflow.log_dict(record, "batch.json")
 
 
 def batches_markdown(records: list[dict], decision: str) -> str:
     """The `monitoring` artifact: the decision and one table row per processed batch."""
-    lines = ["## Monitoring", "", f"**Decision:** {decision}", "",
-             "| batch | status | n | accuracy | PSI | drifted | degraded | consecutive bad |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Monitoring",
+        "",
+        f"**Decision:** {decision}",
+        "",
+        "| batch | status | n | accuracy | PSI | drifted | degraded | consecutive bad |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         a = r.get("assessment") or {}
         acc = a.get("accuracy")
-        lines.append(f"| {r['file']} | {r['status']} | {a.get('n', '–')} | "
-                     f"{'–' if acc is None else f'{acc:.4f}'} | {a.get('psi', float('nan')):.3f} | "
-                     f"{a.get('drifted', '–')} | {a.get('degraded', '–')} | {r.get('consecutive_bad')} |")
+        lines.append(
+            f"| {r['file']} | {r['status']} | {a.get('n', '–')} | "
+            f"{'–' if acc is None else f'{acc:.4f}'} | {a.get('psi', float('nan')):.3f} | "
+            f"{a.get('drifted', '–')} | {a.get('degraded', '–')} | {r.get('consecutive_bad')} |"
+        )
     return "\n".join(lines)
 
 
@@ -84,15 +104,16 @@ def _check_batches(params: Params, champion, model, profile: dict, state, max_ba
         except StageError as exc:
             logger.error(str(exc))
             continue
-        logger.info(f"{record['file']}: {record['status']} bad={record.get('bad')} {record.get('reasons')}")
+        logger.info("%s: %s bad=%s %s", record["file"], record["status"], record.get("bad"), record.get("reasons"))
         log_batch(params.monitor.experiment, champion.model_name, champion.version, record)
         records.append(record)
     return records
 
 
 @flow(name="monitor", log_prints=True)
-def monitor_flow(project_dir: str = ".", max_batches: int = 5, retrain: bool = True,
-                 training_overrides: dict | None = None) -> dict:
+def monitor_flow(
+    project_dir: str = ".", max_batches: int = 5, retrain: bool = True, training_overrides: dict | None = None
+) -> dict:
     """Process up to `max_batches` incoming batches; trigger the training deployment when the loop says so."""
     from pipeline.core.config import load_params
     from pipeline.monitoring.state import MonitorState, mark_triggered, should_retrain
@@ -106,21 +127,28 @@ def monitor_flow(project_dir: str = ".", max_batches: int = 5, retrain: bool = T
     model_name, state_path = params.register_.model_name, Path(params.paths.monitor_state)
     champion = load_by_alias(model_name)
     if champion is None:
-        logger.warning(f"{model_name} has no champion yet: nothing to monitor (approve a challenger first)")
+        logger.warning("%s has no champion yet: nothing to monitor (approve a challenger first)", model_name)
         return {"decision": "no-champion", "batches": []}
     model = champion.model()
     profile = _profile(champion.version, model, Path(params.paths.ingested), state_path.parent)
     state = MonitorState.load(state_path)
     records = _check_batches(params, champion, model, profile, state, max_batches)
     go, why = should_retrain(state, params.monitor)
-    result = {"decision": "retrain" if go else "ok", "reason": why, "champion_version": champion.version,
-              "batches": [{k: r.get(k) for k in ("file", "status", "bad", "reasons")} for r in records]}
+    result = {
+        "decision": "retrain" if go else "ok",
+        "reason": why,
+        "champion_version": champion.version,
+        "batches": [{k: r.get(k) for k in ("file", "status", "bad", "reasons")} for r in records],
+    }
     if go and retrain:
         mark_triggered(state, reason=why)
         state.save(state_path)
         result["training_flow_run"] = start_training(training_overrides)
-    create_markdown_artifact(batches_markdown(records, f"{result['decision']}: {why}"), key="monitoring",
-                             description=f"{model_name} champion v{champion.version}")
+    create_markdown_artifact(
+        batches_markdown(records, f"{result['decision']}: {why}"),
+        key="monitoring",
+        description=f"{model_name} champion v{champion.version}",
+    )
     logger.info(json.dumps({k: result[k] for k in ("decision", "reason")}))
     return result
 
@@ -130,8 +158,9 @@ def start_training(overrides: dict | None) -> str | None:
     from prefect.deployments import run_deployment
 
     try:
-        run = run_deployment("training/training", parameters={"overrides": overrides} if overrides else None,
-                             timeout=0, as_subflow=False)
+        run = run_deployment(
+            "training/training", parameters={"overrides": overrides} if overrides else None, timeout=0, as_subflow=False
+        )
     except Exception as exc:  # noqa: BLE001 - outside deployments (local dev) there is nothing to trigger
         get_run_logger().warning(f"training deployment not started ({exc}); run `dvc repro` to retrain.")
         return None

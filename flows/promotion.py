@@ -43,8 +43,11 @@ def review(model_name: str) -> dict:
     from pipeline.registry import promotion
 
     cmp = promotion.compare(model_name)
-    create_markdown_artifact(promotion.comparison_markdown(cmp), key="promotion-review",
-                             description=f"{model_name}: challenger v{cmp['challenger']['version']}")
+    create_markdown_artifact(
+        promotion.comparison_markdown(cmp),
+        key="promotion-review",
+        description=f"{model_name}: challenger v{cmp['challenger']['version']}",
+    )
     return cmp
 
 
@@ -68,20 +71,27 @@ def deploy(project_dir: str) -> dict:
 
 
 @flow(name="promotion", log_prints=True)
-def promotion_flow(model_name: str | None = None, project_dir: str = ".", timeout_s: int = 7 * 24 * 3600,
-                   publish: bool = True) -> dict:
+def promotion_flow(
+    model_name: str | None = None, project_dir: str = ".", timeout_s: int = 7 * 24 * 3600, publish: bool = True
+) -> dict:
     """Review → pause for approval → approve (champion moves, audited, deployed) or reject (tagged)."""
     root, params = _project(project_dir)
     model_name = model_name or params.register_.model_name
     logger = get_run_logger()
     cmp = review(model_name)
     if not cmp["challenger"]["blessed"]:
-        logger.warning(f"challenger v{cmp['challenger']['version']} is not blessed; nothing to approve")
+        logger.warning("challenger v%s is not blessed; nothing to approve", cmp["challenger"]["version"])
         return {"decision": "not-blessed", "comparison": cmp}
-    logger.info(f"waiting for approval of {model_name} v{cmp['challenger']['version']}")
-    decision = pause_flow_run(wait_for_input=Approval.with_initial_data(
-        description=f"Approve {model_name} v{cmp['challenger']['version']} as champion?",
-        approve=False, approver="", reason=""), timeout=timeout_s)
+    logger.info("waiting for approval of %s v%s", model_name, cmp["challenger"]["version"])
+    decision = pause_flow_run(
+        wait_for_input=Approval.with_initial_data(
+            description=f"Approve {model_name} v{cmp['challenger']['version']} as champion?",
+            approve=False,
+            approver="",
+            reason="",
+        ),
+        timeout=timeout_s,
+    )
     record = decide(model_name, decision)
     result = {"decision": record["action"], "audit": record}
     if decision.approve and publish:

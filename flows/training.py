@@ -59,24 +59,38 @@ def summary_markdown(project_dir: Path, ran: dict[str, bool], paths: PathsConfig
     record = _read(project_dir / paths.registration)
     lines = ["## Training run", "", "| stage | ran |", "|---|---|"]
     lines += [f"| {s} | {'yes' if r else 'up to date'} |" for s, r in ran.items()]
-    lines += ["", "| metric | value |", "|---|---|",
-              f"| model | {train.get('model')} ({train.get('params', 0):,} params) |",
-              f"| val accuracy | {train.get('val_accuracy', float('nan')):.4f} |",
-              f"| train images/s | {train.get('images_per_second')} |"]
+    lines += [
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| model | {train.get('model')} ({train.get('params', 0):,} params) |",
+        f"| val accuracy | {train.get('val_accuracy', float('nan')):.4f} |",
+        f"| train images/s | {train.get('images_per_second')} |",
+    ]
     for name, info in (evaluation.get("variants") or {}).items():
         size = (compress.get("variants") or {}).get(name, {}).get("bytes")
-        lines.append(f"| {name} accuracy / latency / size | {info['accuracy']:.4f} / {info['latency_ms_batch1']:.3f} ms"
-                     f" / {f'{size:,} B' if size else '–'} |")
-    lines += [f"| blessed | {evaluation.get('blessed')} |",
-              f"| registered | {record.get('model_name')} v{record.get('version')} "
-              f"(alias: {record.get('alias') or 'none'}) |",
-              f"| MLflow run | `{record.get('run_id')}` ({record.get('model_uri')}) |"]
+        lines.append(
+            f"| {name} accuracy / latency / size | {info['accuracy']:.4f} / {info['latency_ms_batch1']:.3f} ms"
+            f" / {f'{size:,} B' if size else '–'} |"
+        )
+    lines += [
+        f"| blessed | {evaluation.get('blessed')} |",
+        (
+            f"| registered | {record.get('model_name')} v{record.get('version')} "
+            f"(alias: {record.get('alias') or 'none'}) |"
+        ),
+        f"| MLflow run | `{record.get('run_id')}` ({record.get('model_uri')}) |",
+    ]
     return "\n".join(lines)
 
 
 @flow(name="training", log_prints=True)
-def training_flow(overrides: dict[str, Any] | None = None, project_dir: str = ".", promote: bool = True,
-                  wait_for_workspace_s: float = 600.0) -> dict:
+def training_flow(
+    overrides: dict[str, Any] | None = None,
+    project_dir: str = ".",
+    promote: bool = True,
+    wait_for_workspace_s: float = 600.0,
+) -> dict:
     """Run the DVC pipeline stage by stage; start the promotion review when a new challenger exists."""
     from pipeline.core.config import load_params, update_params
 
@@ -85,7 +99,7 @@ def training_flow(overrides: dict[str, Any] | None = None, project_dir: str = ".
     with workspace_lock(root, wait_for_workspace_s):
         if overrides:
             update_params(root / "params.yaml", overrides)
-            logger.info(f"params.yaml updated: {overrides}")
+            logger.info("params.yaml updated: %s", overrides)
         ran = {stage: repro_stage(stage, str(root)) for stage in STAGES}
         pushed = dvc_push(str(root))
     paths = load_params(root / "params.yaml").paths
@@ -102,8 +116,7 @@ def start_promotion(model_name: str) -> str | None:
     from prefect.deployments import run_deployment
 
     try:
-        run = run_deployment("promotion/promotion", parameters={"model_name": model_name}, timeout=0,
-                             as_subflow=False)
+        run = run_deployment("promotion/promotion", parameters={"model_name": model_name}, timeout=0, as_subflow=False)
     except Exception as exc:  # noqa: BLE001 - e.g. run locally without deployments
         get_run_logger().warning(f"promotion deployment not started ({exc}); approve with `mlops promote`.")
         return None

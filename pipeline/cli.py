@@ -30,8 +30,10 @@ def simulate(
     severity: Annotated[float, typer.Option(help="Drift strength in [0, 1]; 0 = unchanged.")] = 0.5,
     batches: Annotated[int, typer.Option(help="Number of batches to write.")] = 1,
     params: ParamsOpt = DEFAULT_PARAMS,
-    data: Annotated[Path | None, typer.Option(help="Ingested shards directory, its stream split is the source "
-                                                   "(default: paths.ingested).")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Ingested shards directory, its stream split is the source (default: paths.ingested)."),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Incoming directory (default: paths.incoming).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch (default: monitor.batch_size).")] = None,
     seed: Annotated[int | None, typer.Option(help="Noise/label-shift seed (default: params.yaml seed).")] = None,
@@ -50,8 +52,18 @@ def simulate(
     data, out = path_or(data, cfg.paths.ingested), path_or(out, cfg.paths.incoming)
     manifest = call(io.read_json, data / "manifest.json")
     x, y = call(io.read_split, data, "stream")
-    paths = call(simulator.write_batches, x, y, out, kind, severity, batch_size or cfg.monitor.batch_size, batches,
-                 cfg.seed if seed is None else seed, num_classes=len(manifest["class_names"]))
+    paths = call(
+        simulator.write_batches,
+        x,
+        y,
+        out,
+        kind,
+        severity,
+        batch_size or cfg.monitor.batch_size,
+        batches,
+        cfg.seed if seed is None else seed,
+        num_classes=len(manifest["class_names"]),
+    )
     for path in paths:
         typer.echo(f"wrote {path} ({kind}, severity {severity:g})")
 
@@ -64,18 +76,24 @@ def deploy(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     cfg = load(params)
     result = call(releases.publish_champion, cfg)
     if result.get("skipped"):
-        typer.echo(f"{cfg.register_.model_name} v{result['version']} already deployed: {result['release']} "
-                   f"(pointer {result['pointer']})")
+        typer.echo(
+            f"{cfg.register_.model_name} v{result['version']} already deployed: {result['release']} "
+            f"(pointer {result['pointer']})"
+        )
     else:
-        typer.echo(f"deployed {cfg.register_.model_name} v{result['version']} -> {result['release']} "
-                   f"(pointer {result['pointer']})")
+        typer.echo(
+            f"deployed {cfg.register_.model_name} v{result['version']} -> {result['release']} "
+            f"(pointer {result['pointer']})"
+        )
 
 
 @app.command()
 def serve(
     params: ParamsOpt = DEFAULT_PARAMS,
-    source: Annotated[str, typer.Option(help="Where the model comes from: s3 (the deployed pointer) or "
-                                             "registry (MLflow champion alias).")] = "s3",
+    source: Annotated[
+        str,
+        typer.Option(help="Where the model comes from: s3 (the deployed pointer) or registry (MLflow champion alias)."),
+    ] = "s3",
     host: Annotated[str | None, typer.Option(help="Bind host (default: deploy.serve_host).")] = None,
     port: Annotated[int | None, typer.Option(help="Bind port (default: deploy.serve_port).")] = None,
 ) -> None:
@@ -124,7 +142,7 @@ def rollback(
     params: ParamsOpt = DEFAULT_PARAMS,
     publish: Annotated[bool, typer.Option(help="Publish the restored champion to S3.")] = False,
 ) -> None:
-    """champion ← previous (audited); the rolled-back version becomes `previous`."""
+    """Champion ← previous (audited); the rolled-back version becomes `previous`."""
     from pipeline.registry import promotion
 
     cfg = load(params)
@@ -147,6 +165,7 @@ def status(params: ParamsOpt = DEFAULT_PARAMS) -> None:
 
 
 def main() -> None:  # pragma: no cover - console entry
+    """Run the `mlops` command line."""
     app()
 
 

@@ -1,5 +1,6 @@
 """What every thin typer command shares: reading params.yaml, and turning expected failures into exit code 2
-with a clear message (never a traceback). Stage modules and `pipeline/cli.py` both build on it."""
+with a clear message (never a traceback). Stage modules and `pipeline/cli.py` both build on it.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +20,15 @@ T = TypeVar("T")
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read (the single source of parameters).")]
 DEFAULT_PARAMS = Path("params.yaml")
 
-_CONNECTION_SIGNS = ("Max retries exceeded", "Connection refused", "timed out", "ConnectionError",
-                     "Failed to establish", "RemoteDisconnected", "Connection aborted")
+_CONNECTION_SIGNS = (
+    "Max retries exceeded",
+    "Connection refused",
+    "timed out",
+    "ConnectionError",
+    "Failed to establish",
+    "RemoteDisconnected",
+    "Connection aborted",
+)
 _REASONS = ("Connection refused", "timed out", "Name or service not known", "Connection aborted")
 
 
@@ -61,8 +69,10 @@ def mlflow_unreachable(exc: Exception) -> str | None:
         return None
     uri = os.environ.get("MLFLOW_TRACKING_URI", "?")
     reason = next((r for r in _REASONS if r in text), "connection failed")
-    return (f"cannot reach the MLflow tracking server at {uri} ({reason}). Start it, or point MLFLOW_TRACKING_URI "
-            f"at a running server (unset it to use the embedded store mlflow/mlflow.db), then rerun.")
+    return (
+        f"cannot reach the MLflow tracking server at {uri} ({reason}). Start it, or point MLFLOW_TRACKING_URI "
+        f"at a running server (unset it to use the embedded store mlflow/mlflow.db), then rerun."
+    )
 
 
 def path_or(value: Path | None, default: str) -> Path:

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class Section(BaseModel):
+    """A params.yaml section: unknown keys are rejected, values are immutable once validated."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -37,6 +39,8 @@ class PathsConfig(Section):
 
 
 class IngestConfig(Section):
+    """`ingest:` which dataset to read and how to split it."""
+
     dataset: Literal["fashion-mnist", "cifar10", "image-folder"] = "fashion-mnist"
     source: str = "/usr/share/datasets/fashion-mnist"
     url: str | None = None
@@ -58,6 +62,8 @@ class IngestConfig(Section):
 
 
 class ValidateConfig(Section):
+    """`validate:` bounds of the Great Expectations suite."""
+
     pixel_mean_range: tuple[float, float] = (1.0, 254.0)
     min_pixel_std: float = Field(1.0, ge=0.0)
     mostly: float = Field(0.999, gt=0.0, le=1.0)
@@ -66,15 +72,21 @@ class ValidateConfig(Section):
 
 
 class PreprocessConfig(Section):
+    """`preprocess:` the channel layout the model sees."""
+
     channels: Literal[1, 3] = 1
 
 
 class AugmentConfig(Section):
+    """`train.augment:` augmentation layers inside the model."""
+
     flip: bool = True
     translate: float = Field(0.1, ge=0.0, lt=0.5)
 
 
 class TrainConfig(Section):
+    """`train:` architecture, optimiser and schedule."""
+
     model: Literal["seed_cnn", "fast_net"] = "fast_net"
     width: int = Field(32, ge=4)
     epochs: int = Field(12, ge=1)
@@ -88,6 +100,8 @@ class TrainConfig(Section):
 
 
 class CompressConfig(Section):
+    """`compress:` pruning, fine-tuning and int8 calibration."""
+
     target_sparsity: float = Field(0.5, ge=0.0, lt=1.0)
     fine_tune_epochs: int = Field(2, ge=0)
     learning_rate: float = Field(3e-4, gt=0)
@@ -97,6 +111,8 @@ class CompressConfig(Section):
 
 
 class EvaluateConfig(Section):
+    """`evaluate:` the deploy variant and the checks a challenger must pass to be blessed."""
+
     deploy_variant: Literal["fp32", "fp16", "dynamic", "int8"] = "int8"
     min_accuracy: float = Field(0.9, ge=0, le=1)
     max_drop_vs_fp32: float = Field(0.005, ge=0, le=1)
@@ -107,11 +123,15 @@ class EvaluateConfig(Section):
 
 
 class RegisterConfig(Section):
+    """`register:` the MLflow registered model and experiment."""
+
     model_name: str = Field("image-classifier", min_length=1)
     experiment: str = Field("image-classifier", min_length=1)
 
 
 class MonitorConfig(Section):
+    """`monitor:` drift thresholds and the retraining trigger of the feedback loop."""
+
     batch_size: int = Field(500, ge=1)
     drift_p_value: float = Field(0.01, gt=0, lt=1)
     psi_threshold: float = Field(0.2, gt=0)
@@ -122,6 +142,8 @@ class MonitorConfig(Section):
 
 
 class DeployConfig(Section):
+    """`deploy:` where releases go in S3 and how the model server runs."""
+
     bucket: str = Field("models", min_length=3)
     prefix: str = "models"
     endpoint_url: str | None = None
@@ -151,6 +173,8 @@ def valid_endpoint(url: str) -> bool:
 
 
 class Params(Section):
+    """The whole of params.yaml, validated before any stage starts."""
+
     seed: int = 42
     paths: PathsConfig = PathsConfig()
     ingest: IngestConfig = IngestConfig()
@@ -166,7 +190,7 @@ class Params(Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _splits_leave_training_data(self) -> "Params":
+    def _splits_leave_training_data(self) -> Params:
         if self.ingest.val_fraction + self.ingest.stream_fraction >= 0.8:
             raise ValueError("ingest.val_fraction + ingest.stream_fraction must leave at least 20% for training")
         return self
@@ -196,8 +220,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             if err["type"] == "extra_forbidden":  # never echo the value: a misplaced credential must not be printed
                 known = _known_keys(err["loc"][:-1])
                 hint = f"; valid keys here: {', '.join(known)}" if known else ""
-                lines.append(f"  - {where}: unknown parameter (typo, or a setting that does not belong in "
-                             f"params.yaml){hint}")
+                lines.append(
+                    f"  - {where}: unknown parameter (typo, or a setting that does not belong in params.yaml){hint}"
+                )
             else:
                 lines.append(f"  - {where}: {err['msg']} (got {err.get('input')!r})")
         raise ConfigError("\n".join(lines)) from exc

@@ -16,10 +16,12 @@ import numpy as np
 
 
 def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of `data`."""
     return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -64,7 +66,7 @@ def _recover(target: Path) -> None:
     if old.is_dir() and not target.exists():
         old.rename(target)  # killed mid-swap: the previous complete output is still whole
     for stale in target.parent.glob(f".{target.name}.tmp-*@{_HOST}.*"):
-        pid = stale.name[len(f".{target.name}.tmp-"):].split("@", 1)[0]
+        pid = stale.name[len(f".{target.name}.tmp-") :].split("@", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -102,11 +104,13 @@ def _umask() -> int:
 
 
 def write_json(path: str | Path, obj: object) -> None:
+    """Write `obj` as indented JSON, atomically (readers never see a half-written file)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def read_json(path: str | Path) -> dict:
+    """A JSON file's content; FileNotFoundError naming the stage to run when it is missing."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run the stage that writes it first (dvc repro).")
@@ -135,7 +139,7 @@ def write_shards(
         sl = slice(i * shard_size, (i + 1) * shard_size)
         name = f"{split}-{i:05d}.npz"
         save(directory / name, x=x[sl], y=y[sl])
-        shards.append({"file": name, "count": int(len(x[sl])), "sha256": sha256_file(directory / name)})
+        shards.append({"file": name, "count": len(x[sl]), "sha256": sha256_file(directory / name)})
     return shards
 
 

@@ -17,5 +17,8 @@ def flatten(prefix: str, obj) -> dict[str, object]:
 
 def numeric_metrics(prefix: str, obj) -> dict[str, float]:
     """The finite numbers (not booleans) of `flatten(prefix, obj)`, as floats."""
-    return {k: float(v) for k, v in flatten(prefix, obj).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        k: float(v)
+        for k, v in flatten(prefix, obj).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }

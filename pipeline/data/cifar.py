@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.dataset import RawDataset, download
 from pipeline.core.errors import DatasetError
+from pipeline.data.dataset import RawDataset, download
 
 TARBALL = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
@@ -27,13 +27,16 @@ TEST_BATCH = "test_batch"
 META = "batches.meta"
 _NEEDED = [*TRAIN_BATCHES, TEST_BATCH, META]
 _ALLOWED = {
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
 
 
 class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):  # noqa: D102 - restrict to numpy arrays
+    def find_class(self, module: str, name: str):
         module = module.replace("numpy.core", "numpy._core", 1) if module.startswith("numpy.core") else module
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
@@ -43,7 +46,7 @@ class _Unpickler(pickle.Unpickler):
 def _unpickle(data: bytes, name: str) -> dict:
     try:
         obj = _Unpickler(io.BytesIO(data), encoding="bytes").load()
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt batch
+    except Exception as exc:
         raise DatasetError(f"{name}: not a valid CIFAR-10 python batch ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
         raise DatasetError(f"{name}: expected a pickled dict, got {type(obj).__name__}")
@@ -84,8 +87,10 @@ def _batch(blob: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     d = _unpickle(blob, name)
     missing = [k.decode() for k in (b"data", b"labels") if k not in d]
     if missing:
-        raise DatasetError(f"{name}: batch is missing key(s) {missing}; expected an official CIFAR-10 python batch "
-                           "(a dict with b'data' and b'labels'): re-download cifar-10-python.tar.gz")
+        raise DatasetError(
+            f"{name}: batch is missing key(s) {missing}; expected an official CIFAR-10 python batch "
+            "(a dict with b'data' and b'labels'): re-download cifar-10-python.tar.gz"
+        )
     x = np.asarray(d[b"data"])
     y = np.asarray(d[b"labels"])
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.dataset import RawDataset, locate
 from pipeline.core.errors import DatasetError
+from pipeline.data.dataset import RawDataset, locate
 
 FASHION_MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -33,7 +33,16 @@ FASHION_MNIST_SHA256 = {
     "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 
 _DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -92,8 +101,13 @@ def _load(path: Path, expected_sha256: Mapping[str, str] | None) -> tuple[np.nda
     return parse_idx(data, str(path)), digest
 
 
-def _pair(images: Path, labels: Path, n_classes: int | None,
-          expected_sha256: Mapping[str, str] | None, sources: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+def _pair(
+    images: Path,
+    labels: Path,
+    n_classes: int | None,
+    expected_sha256: Mapping[str, str] | None,
+    sources: dict[str, str],
+) -> tuple[np.ndarray, np.ndarray]:
     x, sources[images.name] = _load(images, expected_sha256)
     y, sources[labels.name] = _load(labels, expected_sha256)
     if x.ndim != 3 or x.dtype != np.uint8:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.data.dataset import RawDataset
 from pipeline.core.errors import DatasetError
+from pipeline.data.dataset import RawDataset
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 _CHUNK = 512
@@ -41,8 +41,9 @@ def _list_split(root: Path) -> dict[str, list[Path]]:
                 raise DatasetError(f"{f.path}: not an image file (expected {', '.join(EXTENSIONS)}); remove it")
             files.append(Path(f.path))
         if not files:
-            raise DatasetError(f"{entry.path}: class folder has no images; add images ({', '.join(EXTENSIONS)}) "
-                               "or remove the folder")
+            raise DatasetError(
+                f"{entry.path}: class folder has no images; add images ({', '.join(EXTENSIONS)}) or remove the folder"
+            )
         classes[entry.name] = files
     return classes
 
@@ -67,8 +68,9 @@ def load_image(path: Path, size: tuple[int, int], channels: int) -> tuple[np.nda
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"{path}: cannot read image ({exc}); the file is corrupt or not an image: "
-                           "replace or remove it") from exc
+        raise DatasetError(
+            f"{path}: cannot read image ({exc}); the file is corrupt or not an image: replace or remove it"
+        ) from exc
     return arr.reshape(size[0], size[1], channels), hashlib.sha256(data).hexdigest()
 
 
@@ -98,13 +100,13 @@ def _load_all(paths: list[Path], size: tuple[int, int], channels: int, desc: str
 
     out = np.empty((len(paths), size[0], size[1], channels), dtype=np.uint8)
     digests: list[str] = []
-    chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
     disable = len(paths) < 2000 or not sys.stderr.isatty()
     pool = _pool(len(paths))
     with pool, tqdm(total=len(paths), desc=desc, unit="img", disable=disable) as bar:
         try:
             for x, d in pool.map(_decode_chunk, chunks, repeat(size), repeat(channels)):
-                out[len(digests):len(digests) + len(x)] = x
+                out[len(digests) : len(digests) + len(x)] = x
                 digests += d
                 bar.update(len(x))
         except BaseException:
@@ -113,8 +115,9 @@ def _load_all(paths: list[Path], size: tuple[int, int], channels: int, desc: str
     return out, digests
 
 
-def _read_split(root: Path, size: tuple[int, int], channels: int, names: list[str] | None
-                ) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+def _read_split(
+    root: Path, size: tuple[int, int], channels: int, names: list[str] | None
+) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """Images, labels, class names and a content digest (sha256 over sorted 'class/file sha256' lines)."""
     classes = _list_split(root)
     if not classes:
@@ -124,7 +127,7 @@ def _read_split(root: Path, size: tuple[int, int], channels: int, names: list[st
     paths = [p for files in classes.values() for p in files]
     y = np.repeat(np.arange(len(classes), dtype=np.int64), [len(f) for f in classes.values()])
     x, digests = _load_all(paths, size, channels, root.name)
-    lines = "".join(f"{p.parent.name}/{p.name} {d}\n" for p, d in zip(paths, digests))
+    lines = "".join(f"{p.parent.name}/{p.name} {d}\n" for p, d in zip(paths, digests, strict=True))
     return x, y, list(classes), hashlib.sha256(lines.encode()).hexdigest()
 
 

@@ -35,8 +35,8 @@ def convert_channels(x: np.ndarray, channels: int) -> np.ndarray:
     if have == 3 and channels == 1:
         out = np.empty((*x.shape[:-1], 1), dtype=np.uint8)
         for start in range(0, len(x), _CHUNK):
-            block = x[start:start + _CHUNK].astype(np.float64) @ LUMINANCE
-            out[start:start + _CHUNK, ..., 0] = np.clip(np.rint(block), 0, 255).astype(np.uint8)
+            block = x[start : start + _CHUNK].astype(np.float64) @ LUMINANCE
+            out[start : start + _CHUNK, ..., 0] = np.clip(np.rint(block), 0, 255).astype(np.uint8)
         return out
     raise ValueError(f"cannot convert {have}-channel images to {channels} channels (supported: 1 <-> 3)")
 
@@ -49,7 +49,7 @@ def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     total = np.zeros(c, dtype=np.int64)
     total_sq = np.zeros(c, dtype=np.int64)
     for start in range(0, len(x), _CHUNK):
-        block = x[start:start + _CHUNK].reshape(-1, c).astype(np.int64)
+        block = x[start : start + _CHUNK].reshape(-1, c).astype(np.int64)
         total += block.sum(axis=0)
         total_sq += (block * block).sum(axis=0)
     n = x.size // c

@@ -40,23 +40,32 @@ def _column_of(kwargs: dict) -> str | None:
     return None
 
 
-def _row_examples(table: str, df: pd.DataFrame, column: str | None, kwargs: dict, row_ids: list,
-                  images: pd.DataFrame) -> list[dict]:
+def _row_examples(
+    table: str, df: pd.DataFrame, column: str | None, kwargs: dict, row_ids: list, images: pd.DataFrame
+) -> list[dict]:
     """The offending rows `row_ids` of `df`: identifying columns plus the checked one(s)."""
     value_cols = [c for c in (kwargs.get("column"), kwargs.get("column_A"), kwargs.get("column_B")) if c]
     keep = [c for c in _EXAMPLE_COLUMNS[table] if c in df.columns]
     keep += [c for c in value_cols if c not in keep]
     rows = df.set_index("row_id").loc[row_ids, keep].to_dict(orient="records")
     if table == "images" and column == "cross_split_duplicate":
-        for row, rid in zip(rows, row_ids):
+        for row, rid in zip(rows, row_ids, strict=True):
             h = images.at[rid, "hash"]
             same = images[(images["hash"] == h) & (images["row_id"] != rid)]
-            row["also_in"] = [f"{s}:{i}" for s, i in zip(same["split"], same["index"])][:3]
+            row["also_in"] = [f"{s}:{i}" for s, i in zip(same["split"], same["index"], strict=True)][:3]
     return [_jsonable(r) for r in rows]
 
 
-def _examples(table: str, df: pd.DataFrame, column: str | None, kwargs: dict, result: dict,
-              images: pd.DataFrame, class_names: list[str], limit: int) -> list[dict]:
+def _examples(
+    table: str,
+    df: pd.DataFrame,
+    column: str | None,
+    kwargs: dict,
+    result: dict,
+    images: pd.DataFrame,
+    class_names: list[str],
+    limit: int,
+) -> list[dict]:
     """Example offending rows as plain dicts (split, index, label, ..., offending value)."""
     index_list = result.get("partial_unexpected_index_list") or result.get("unexpected_index_list") or []
     row_ids = [item["row_id"] for item in index_list if isinstance(item, dict) and "row_id" in item][:limit]
@@ -68,9 +77,15 @@ def _examples(table: str, df: pd.DataFrame, column: str | None, kwargs: dict, re
             missing = list(result["partial_missing_list"])[:limit]
         else:
             missing = sorted(set(kwargs["value_set"]) - set(result["observed_value"]))[:limit]
-        return [{"split": "train", "label": v,
-                 "class_name": class_names[v] if isinstance(v, int) and 0 <= v < len(class_names) else None,
-                 "count": 0} for v in missing]
+        return [
+            {
+                "split": "train",
+                "label": v,
+                "class_name": class_names[v] if isinstance(v, int) and 0 <= v < len(class_names) else None,
+                "count": 0,
+            }
+            for v in missing
+        ]
     return []
 
 
@@ -94,25 +109,33 @@ def _failure(table: str, r, tables: dict[str, pd.DataFrame], class_names: list[s
         entry["observed_value"] = _jsonable(result["observed_value"])
     if entry["unexpected_count"] is None and "missing_count" in result:
         entry["unexpected_count"] = result["missing_count"]  # classes absent, for distinct-values checks
-    exc = (r.exception_info or {})
+    exc = r.exception_info or {}
     if exc.get("raised_exception"):
         entry["exception"] = str(exc.get("exception_message"))
     return _jsonable(entry)
 
 
-def failures(results: dict[str, object], tables: dict[str, pd.DataFrame], class_names: list[str],
-             limit: int) -> list[dict]:
+def failures(
+    results: dict[str, object], tables: dict[str, pd.DataFrame], class_names: list[str], limit: int
+) -> list[dict]:
     """Every failed expectation of the GX `results` (per table name), with up to `limit` example rows each."""
-    return [_failure(table, r, tables, class_names, limit)
-            for table, suite_result in results.items() for r in suite_result.results if not r.success]
+    return [
+        _failure(table, r, tables, class_names, limit)
+        for table, suite_result in results.items()
+        for r in suite_result.results
+        if not r.success
+    ]
 
 
 def statistics(results: dict[str, object]) -> dict[str, int]:
     """Evaluated / successful / unsuccessful expectation counts over all tables' GX results."""
     evaluated = sum(len(r.results) for r in results.values())
     successful = sum(1 for r in results.values() for e in r.results if e.success)
-    return {"evaluated_expectations": evaluated, "successful_expectations": successful,
-            "unsuccessful_expectations": evaluated - successful}
+    return {
+        "evaluated_expectations": evaluated,
+        "successful_expectations": successful,
+        "unsuccessful_expectations": evaluated - successful,
+    }
 
 
 def format_failure(f: dict) -> list[str]:
@@ -127,6 +150,5 @@ def format_failure(f: dict) -> list[str]:
         lines.append(f"      error: {f['exception']}")
     if f.get("observed_value") is not None and not f["examples"]:
         lines.append(f"      observed: {f['observed_value']}")
-    for ex in f["examples"]:
-        lines.append("      " + " ".join(f"{k}={v}" for k, v in ex.items()))
+    lines.extend("      " + " ".join(f"{k}={v}" for k, v in ex.items()) for ex in f["examples"])
     return lines

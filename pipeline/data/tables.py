@@ -25,9 +25,23 @@ from pipeline.data.images import image_hashes
 
 _CHUNK = 8192  # images per vectorised block: bounds float64 temporaries to ~50 MB for 28x28x1
 
-IMAGE_COLUMNS = {"row_id": np.int64, "split": str, "index": np.int64, "label": np.int64, "height": np.int64,
-                 "width": np.int64, "channels": np.int64, "dtype": str, "mean": float, "std": float, "min": float,
-                 "max": float, "non_finite": bool, "hash": str, "cross_split_duplicate": bool}
+IMAGE_COLUMNS = {
+    "row_id": np.int64,
+    "split": str,
+    "index": np.int64,
+    "label": np.int64,
+    "height": np.int64,
+    "width": np.int64,
+    "channels": np.int64,
+    "dtype": str,
+    "mean": float,
+    "std": float,
+    "min": float,
+    "max": float,
+    "non_finite": bool,
+    "hash": str,
+    "cross_split_duplicate": bool,
+}
 CLASS_COLUMNS = ["split", "label", "class_name", "count", "fraction", "ratio_to_uniform"]
 
 
@@ -104,16 +118,23 @@ def image_rows(x: np.ndarray, y: np.ndarray, split: str, offset: int = 0) -> pd.
     n = len(x)
     h, w, c = _shape_columns(x)
     stats = _image_stats(x)
-    return pd.DataFrame({
-        "split": split,
-        "index": np.arange(offset, offset + n, dtype=np.int64),
-        "label": np.asarray(y).astype(np.int64).reshape(n, -1)[:, 0],
-        "height": h, "width": w, "channels": c,
-        "dtype": str(x.dtype),
-        "mean": stats["mean"], "std": stats["std"], "min": stats["min"], "max": stats["max"],
-        "non_finite": stats["non_finite"],
-        "hash": image_hashes(x),
-    })
+    return pd.DataFrame(
+        {
+            "split": split,
+            "index": np.arange(offset, offset + n, dtype=np.int64),
+            "label": np.asarray(y).astype(np.int64).reshape(n, -1)[:, 0],
+            "height": h,
+            "width": w,
+            "channels": c,
+            "dtype": str(x.dtype),
+            "mean": stats["mean"],
+            "std": stats["std"],
+            "min": stats["min"],
+            "max": stats["max"],
+            "non_finite": stats["non_finite"],
+            "hash": image_hashes(x),
+        }
+    )
 
 
 def with_row_ids(df: pd.DataFrame) -> pd.DataFrame:
@@ -153,8 +174,16 @@ def _classes_table(images: pd.DataFrame, class_names: list[str]) -> pd.DataFrame
         counts = np.bincount(in_range, minlength=n_classes) if n_classes else np.zeros(0, np.int64)
         for label, count in enumerate(counts):
             fraction = count / total if total else 0.0
-            rows.append({"split": split, "label": label, "class_name": class_names[label], "count": int(count),
-                         "fraction": float(fraction), "ratio_to_uniform": float(fraction * n_classes)})
+            rows.append(
+                {
+                    "split": split,
+                    "label": label,
+                    "class_name": class_names[label],
+                    "count": int(count),
+                    "fraction": float(fraction),
+                    "ratio_to_uniform": float(fraction * n_classes),
+                }
+            )
     return with_row_ids(pd.DataFrame(rows, columns=CLASS_COLUMNS))
 
 
@@ -169,6 +198,12 @@ def build_image_table(data_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]
 def split_table(images: pd.DataFrame, manifest: dict) -> pd.DataFrame:
     """One row per required split: its image count in `images` and the count manifest.json claims (-1 if none)."""
     counts = images["split"].value_counts()
-    rows = [{"split": s, "count": int(counts.get(s, 0)),
-             "manifest_count": int(manifest["splits"].get(s, {}).get("count", -1))} for s in REQUIRED_SPLITS]
+    rows = [
+        {
+            "split": s,
+            "count": int(counts.get(s, 0)),
+            "manifest_count": int(manifest["splits"].get(s, {}).get("count", -1)),
+        }
+        for s in REQUIRED_SPLITS
+    ]
     return with_row_ids(pd.DataFrame(rows))

@@ -94,8 +94,12 @@ def _error(status: int, message: str) -> JSONResponse:
 def _prediction(served: Served, probs: np.ndarray) -> dict:
     idx = probs.argmax(axis=1)
     names = served.class_names
-    return {"version": served.version, "predictions": idx.tolist(), "labels": [names[i] for i in idx],
-            "probabilities": np.round(probs, 6).tolist()}
+    return {
+        "version": served.version,
+        "predictions": idx.tolist(),
+        "labels": [names[i] for i in idx],
+        "probabilities": np.round(probs, 6).tolist(),
+    }
 
 
 def _lifespan(holder: ModelHolder, every: float, start_reloader: bool):
@@ -122,10 +126,15 @@ def _add_health(app: FastAPI, holder: ModelHolder, source) -> None:
     def health():
         """The served model's name, version, input shape, sha256 and source, and the last reload error."""
         served = holder.current
-        return {"status": "ok", "model_name": served.manifest.get("model_name"), "version": served.version,
-                "input_shape": list(served.model.input_shape), "sha256": served.manifest.get("sha256"),
-                "source": getattr(source, "description", type(source).__name__),
-                "last_reload_error": holder.last_error}
+        return {
+            "status": "ok",
+            "model_name": served.manifest.get("model_name"),
+            "version": served.version,
+            "input_shape": list(served.model.input_shape),
+            "sha256": served.manifest.get("sha256"),
+            "source": getattr(source, "description", type(source).__name__),
+            "last_reload_error": holder.last_error,
+        }
 
 
 def _add_predict(app: FastAPI, holder: ModelHolder, max_body_bytes: int) -> None:
@@ -149,9 +158,13 @@ def _add_reload(app: FastAPI, holder: ModelHolder) -> None:
         try:
             result = await run_in_threadpool(holder.check)
         except Exception as exc:  # noqa: BLE001
-            return JSONResponse({"error": f"reload failed; still serving v{holder.current.version}: "
-                                          f"{type(exc).__name__}: {exc}", "version": holder.current.version},
-                                status_code=503)
+            return JSONResponse(
+                {
+                    "error": f"reload failed; still serving v{holder.current.version}: {type(exc).__name__}: {exc}",
+                    "version": holder.current.version,
+                },
+                status_code=503,
+            )
         return result
 
 

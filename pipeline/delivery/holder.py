@@ -59,8 +59,9 @@ def build_served(source) -> Served:
         raise StageError(f"v{served.version}: manifest input_shape {manifest['input_shape']} != model's {list(shape)}")
     probs = served.probabilities(np.full((1, *shape), 127.0, np.float32))
     if served.class_names and probs.shape[1] != len(served.class_names):
-        raise StageError(f"v{served.version}: the model has {probs.shape[1]} outputs but "
-                         f"{len(served.class_names)} class names")
+        raise StageError(
+            f"v{served.version}: the model has {probs.shape[1]} outputs but {len(served.class_names)} class names"
+        )
     if not served.class_names:
         served.manifest["class_names"] = [str(i) for i in range(probs.shape[1])]
     if not np.all(np.isfinite(probs)):

@@ -89,8 +89,9 @@ def read_pointer(cfg: DeployConfig, model_name: str, *, s3=None) -> dict | None:
                 return None
             raise
     if pointer is not None and not {"release", "version", "sha256"} <= pointer.keys():
-        raise StageError(f"{s3_url(cfg.bucket, pointer_key(cfg, model_name))} lacks release/version/sha256: "
-                         f"{sorted(pointer)}")
+        raise StageError(
+            f"{s3_url(cfg.bucket, pointer_key(cfg, model_name))} lacks release/version/sha256: {sorted(pointer)}"
+        )
     return pointer
 
 
@@ -115,8 +116,16 @@ def _load_model(tflite: bytes | str | Path, what: str):
         raise StageError(f"{what}: not a loadable TFLite model: {exc}") from exc
 
 
-def build_manifest(model_name: str, version: str, model_bytes: bytes, model, class_names: list[str],
-                   metrics: dict, lineage: dict, published_at: str) -> dict:
+def build_manifest(
+    model_name: str,
+    version: str,
+    model_bytes: bytes,
+    model,
+    class_names: list[str],
+    metrics: dict,
+    lineage: dict,
+    published_at: str,
+) -> dict:
     """The release's manifest.json content (model/labels sha256 and size, input shape/dtype, metrics, lineage)."""
     sha = io.sha256_bytes(model_bytes)
     labels_bytes = _labels_bytes(class_names)
@@ -128,8 +137,10 @@ def build_manifest(model_name: str, version: str, model_bytes: bytes, model, cla
         "input_shape": list(model.input_shape),
         "input_dtype": model.input_dtype.name,
         "class_names": class_names,
-        "files": {"model.tflite": {"sha256": sha, "bytes": len(model_bytes)},
-                  "labels.json": {"sha256": io.sha256_bytes(labels_bytes), "bytes": len(labels_bytes)}},
+        "files": {
+            "model.tflite": {"sha256": sha, "bytes": len(model_bytes)},
+            "labels.json": {"sha256": io.sha256_bytes(labels_bytes), "bytes": len(labels_bytes)},
+        },
         "metrics": metrics,
         "lineage": lineage,
         "published_at": published_at,
@@ -151,9 +162,11 @@ def _upload_release(s3, cfg: DeployConfig, root: str, manifest: dict, model_byte
         ensure_bucket(s3, cfg)
         existing = None
     if existing is not None and existing.get("sha256") != manifest["sha256"]:
-        raise StageError(f"{s3_url(bucket, root)} already holds {manifest['model_name']} v{manifest['version']} "
-                         f"with a different model.tflite (sha256 {existing.get('sha256')} != {manifest['sha256']}); "
-                         "releases are immutable: register a new version instead.")
+        raise StageError(
+            f"{s3_url(bucket, root)} already holds {manifest['model_name']} v{manifest['version']} "
+            f"with a different model.tflite (sha256 {existing.get('sha256')} != {manifest['sha256']}); "
+            "releases are immutable: register a new version instead."
+        )
     put_verified(s3, bucket, root + "model.tflite", model_bytes, "application/octet-stream")
     put_verified(s3, bucket, root + "labels.json", _labels_bytes(manifest["class_names"]), "application/json")
     if existing is not None:
@@ -168,13 +181,17 @@ def _flip_pointer(s3, cfg: DeployConfig, model_name: str, pointer: dict) -> dict
     bucket = cfg.bucket
     old = get_bytes(s3, bucket, pointer_key(cfg, model_name))
     old_pointer = _loads_or_none(old)
-    if (old_pointer is not None and old_pointer.get("version") == pointer["version"]
-            and old_pointer.get("sha256") == pointer["sha256"]):
+    if (
+        old_pointer is not None
+        and old_pointer.get("version") == pointer["version"]
+        and old_pointer.get("sha256") == pointer["sha256"]
+    ):
         return old_pointer  # already live: leave pointer and previous.json as they are
     if old is not None:
         put_verified(s3, bucket, previous_key(cfg, model_name), old, "application/json")
-    put_verified(s3, bucket, pointer_key(cfg, model_name), (json.dumps(pointer, indent=2) + "\n").encode(),
-                 "application/json")
+    put_verified(
+        s3, bucket, pointer_key(cfg, model_name), (json.dumps(pointer, indent=2) + "\n").encode(), "application/json"
+    )
     return pointer
 
 
@@ -188,8 +205,17 @@ def _loads_or_none(data: bytes | None) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
-def publish(cfg: DeployConfig, model_name: str, version: str, tflite: bytes | str | Path, class_names: list[str],
-            metrics: dict, lineage: dict, *, s3=None) -> dict:
+def publish(
+    cfg: DeployConfig,
+    model_name: str,
+    version: str,
+    tflite: bytes | str | Path,
+    class_names: list[str],
+    metrics: dict,
+    lineage: dict,
+    *,
+    s3=None,
+) -> dict:
     """Upload an immutable release (tflite: its bytes or a path), verify it, then atomically flip the pointer.
 
     Re-publishing a version with the same model bytes is a no-op apart from refreshing the pointer;
@@ -202,8 +228,9 @@ def publish(cfg: DeployConfig, model_name: str, version: str, tflite: bytes | st
     class_names = [str(c) for c in class_names]
     n_out = int(model.predict(np.zeros((0, *model.input_shape), np.float32)).shape[-1])  # empty batch: no inference
     if len(class_names) != n_out:
-        raise StageError(f"{what}: the model has {n_out} outputs but {len(class_names)} class names "
-                         f"were given: {class_names}")
+        raise StageError(
+            f"{what}: the model has {n_out} outputs but {len(class_names)} class names were given: {class_names}"
+        )
     published_at = clock.utc_iso()
     manifest = build_manifest(model_name, version, model_bytes, model, class_names, metrics, lineage, published_at)
     bucket, root = cfg.bucket, release_prefix(cfg, model_name, version)
@@ -236,9 +263,11 @@ def _download_verified(s3, bucket: str, release: str, manifest: dict, target: Pa
         actual = io.sha256_file(tmp)
         if actual != manifest["sha256"]:
             target.unlink(missing_ok=True)  # never leave a stale/previous model under that name either
-            raise StageError(f"{s3_url(bucket, release)}model.tflite failed verification: sha256 {actual} != "
-                             f"manifest {manifest['sha256']}; the object was modified or corrupted. "
-                             "Refusing to serve it.")
+            raise StageError(
+                f"{s3_url(bucket, release)}model.tflite failed verification: sha256 {actual} != "
+                f"manifest {manifest['sha256']}; the object was modified or corrupted. "
+                "Refusing to serve it."
+            )
 
 
 def fetch_current(cfg: DeployConfig, model_name: str, dest_dir: str | Path, *, s3=None) -> tuple[Path, dict]:
@@ -252,8 +281,10 @@ def fetch_current(cfg: DeployConfig, model_name: str, dest_dir: str | Path, *, s
     dest_dir.mkdir(parents=True, exist_ok=True)
     pointer = read_pointer(cfg, model_name, s3=s3)
     if pointer is None:
-        raise StageError(f"nothing published for {model_name!r} at {s3_url(cfg.bucket, pointer_key(cfg, model_name))}"
-                         f" ({where(s3.meta.endpoint_url, cfg.bucket)}); run `mlops deploy` first.")
+        raise StageError(
+            f"nothing published for {model_name!r} at {s3_url(cfg.bucket, pointer_key(cfg, model_name))}"
+            f" ({where(s3.meta.endpoint_url, cfg.bucket)}); run `mlops deploy` first."
+        )
     release, bucket = pointer["release"], cfg.bucket
     if release.startswith("s3://"):
         bucket, release = parse_s3_url(release)
@@ -261,11 +292,15 @@ def fetch_current(cfg: DeployConfig, model_name: str, dest_dir: str | Path, *, s
     with s3_errors(cfg, f"download of {model_name} v{pointer['version']}", s3):
         manifest = get_json(s3, bucket, release + "manifest.json")
         if manifest is None:
-            raise StageError(f"{s3_url(bucket, release)}manifest.json is missing: the pointer names an incomplete "
-                             "release; re-run `mlops deploy`.")
+            raise StageError(
+                f"{s3_url(bucket, release)}manifest.json is missing: the pointer names an incomplete "
+                "release; re-run `mlops deploy`."
+            )
         if manifest.get("sha256") != pointer["sha256"]:
-            raise StageError(f"{s3_url(bucket, release)}: manifest sha256 {manifest.get('sha256')} does not match "
-                             f"the pointer's {pointer['sha256']}; refusing to serve it.")
+            raise StageError(
+                f"{s3_url(bucket, release)}: manifest sha256 {manifest.get('sha256')} does not match "
+                f"the pointer's {pointer['sha256']}; refusing to serve it."
+            )
         target = dest_dir / "model.tflite"
         _download_verified(s3, bucket, release, manifest, target)
         labels = get_bytes(s3, bucket, release + "labels.json")
@@ -289,12 +324,18 @@ def publish_champion(params: Params) -> dict:
     pointer = read_pointer(cfg, name, s3=s3)
     if pointer is not None and str(pointer.get("version")) == version:
         release = pointer["release"]
-        return {"skipped": True, "version": version, "reason": "the champion pointer already names this version",
-                "release": release if release.startswith("s3://") else s3_url(cfg.bucket, release),
-                "pointer": s3_url(cfg.bucket, pointer_key(cfg, name))}
+        return {
+            "skipped": True,
+            "version": version,
+            "reason": "the champion pointer already names this version",
+            "release": release if release.startswith("s3://") else s3_url(cfg.bucket, release),
+            "pointer": s3_url(cfg.bucket, pointer_key(cfg, name)),
+        }
     champion = load_by_alias(name, CHAMPION)  # retried until the alias holds still across the download
     if champion is None or champion.version != version:
-        raise StageError(f"{name}: the champion alias moved during deploy (v{version} → "
-                         f"{'none' if champion is None else 'v' + champion.version}); run `mlops deploy` again.")
+        raise StageError(
+            f"{name}: the champion alias moved during deploy (v{version} → "
+            f"{'none' if champion is None else 'v' + champion.version}); run `mlops deploy` again."
+        )
     lineage = {**champion.lineage, "registry_model_uri": f"models:/{name}/{version}"}
     return publish(cfg, name, version, champion.tflite, champion.labels, champion.metrics, lineage, s3=s3)

@@ -19,10 +19,21 @@ from pipeline.core.config import DeployConfig
 from pipeline.core.errors import StageError
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
-                     "ExpiredToken", "TokenRefreshRequired", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
-_REJECTED = ("the credentials were rejected: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and that "
-             "they are allowed to read/write this bucket)")
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "403",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "InvalidClientTokenId",
+    "AuthorizationHeaderMalformed",
+}
+_REJECTED = (
+    "the credentials were rejected: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and that "
+    "they are allowed to read/write this bucket)"
+)
 
 
 # --------------------------------------------------------------------------------------------- client
@@ -57,7 +68,8 @@ def s3_client(cfg: DeployConfig):
         raise StageError(
             f"S3 ({where(endpoint, cfg.bucket)}): no credentials found. Set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY in the environment (for the local server: `source <(infra/local/s3.sh env)`) "
-            "or configure an AWS profile; credentials never go in params.yaml.")
+            "or configure an AWS profile; credentials never go in params.yaml."
+        )
     region = session.region_name or "us-east-1"
     config = Config(
         signature_version="s3v4",
@@ -73,10 +85,17 @@ def s3_client(cfg: DeployConfig):
     try:
         return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
     except ValueError as exc:  # botocore: "Invalid endpoint: ..." (e.g. AWS_ENDPOINT_URL=http://)
-        source = ("deploy.endpoint_url" if cfg.endpoint_url else
-                  "AWS_ENDPOINT_URL_S3" if os.environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL")
-        raise StageError(f"S3 endpoint {endpoint!r} (from {source}) is not usable: {exc}; expected an "
-                         "http(s)://<host>[:<port>] URL such as http://127.0.0.1:9000") from None
+        source = (
+            "deploy.endpoint_url"
+            if cfg.endpoint_url
+            else "AWS_ENDPOINT_URL_S3"
+            if os.environ.get("AWS_ENDPOINT_URL_S3")
+            else "AWS_ENDPOINT_URL"
+        )
+        raise StageError(
+            f"S3 endpoint {endpoint!r} (from {source}) is not usable: {exc}; expected an "
+            "http(s)://<host>[:<port>] URL such as http://127.0.0.1:9000"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -113,12 +132,16 @@ def s3_errors(cfg: DeployConfig, action: str, s3=None) -> Iterator[None]:
     try:
         yield
     except (NoCredentialsError, PartialCredentialsError) as exc:
-        raise StageError(f"S3 {action} ({place}): no usable credentials ({type(exc).__name__}); set "
-                         "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment.") from None
+        raise StageError(
+            f"S3 {action} ({place}): no usable credentials ({type(exc).__name__}); set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment."
+        ) from None
     except BotoConnectionError as exc:  # EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ...
-        raise StageError(f"S3 {action} ({place}): cannot reach the endpoint ({type(exc).__name__}). Is the "
-                         "S3 server running (infra/local/s3.sh start) and AWS_ENDPOINT_URL / deploy.endpoint_url "
-                         "right?") from None
+        raise StageError(
+            f"S3 {action} ({place}): cannot reach the endpoint ({type(exc).__name__}). Is the "
+            "S3 server running (infra/local/s3.sh start) and AWS_ENDPOINT_URL / deploy.endpoint_url "
+            "right?"
+        ) from None
     except ClientError as exc:
         raise StageError(f"S3 {action} ({place}) failed: {_client_error_text(exc)}") from None
     except BotoCoreError as exc:
@@ -144,12 +167,14 @@ def parse_s3_url(url: object) -> tuple[str, str]:
     """'s3://bucket/key/prefix' → ('bucket', 'key/prefix'); StageError for anything malformed."""
     if not isinstance(url, str) or not url.startswith("s3://"):
         raise StageError(f"not an S3 URL: {url!r}; expected s3://<bucket>/<key>")
-    bucket, _, key = url[len("s3://"):].partition("/")
+    bucket, _, key = url[len("s3://") :].partition("/")
     if not bucket:
         raise StageError(f"S3 URL {url!r} has no bucket; expected s3://<bucket>/<key>")
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
-        raise StageError(f"S3 URL {url!r}: {bucket!r} is not a valid bucket name "
-                         "(3–63 characters: lowercase letters, digits, '.', '-')")
+        raise StageError(
+            f"S3 URL {url!r}: {bucket!r} is not a valid bucket name "
+            "(3–63 characters: lowercase letters, digits, '.', '-')"
+        )
     if "//" in key:
         raise StageError(f"S3 URL {url!r}: the key has an empty path segment ('//')")
     return bucket, key
@@ -187,16 +212,20 @@ def get_json(s3, bucket: str, key: str) -> dict | None:
 def put_verified(s3, bucket: str, key: str, data: bytes, content_type: str) -> str:
     """PUT with Content-MD5 (the server rejects corrupted bodies), then HEAD: size and ETag must match."""
     digest = hashlib.md5(data).digest()  # integrity check demanded by S3, not a security hash
-    put = s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
-                        ContentMD5=base64.b64encode(digest).decode())
+    put = s3.put_object(
+        Bucket=bucket, Key=key, Body=data, ContentType=content_type, ContentMD5=base64.b64encode(digest).decode()
+    )
     head = s3.head_object(Bucket=bucket, Key=key)
     put_etag, head_etag = put.get("ETag", "").strip('"'), head.get("ETag", "").strip('"')
     if head["ContentLength"] != len(data):
-        raise StageError(f"upload of {s3_url(bucket, key)} not verified: {head['ContentLength']} bytes stored, "
-                         f"{len(data)} sent")
+        raise StageError(
+            f"upload of {s3_url(bucket, key)} not verified: {head['ContentLength']} bytes stored, {len(data)} sent"
+        )
     if put_etag and head_etag != put_etag:
-        raise StageError(f"upload of {s3_url(bucket, key)} not verified: ETag {head_etag} != {put_etag} "
-                         "(the object changed concurrently?)")
+        raise StageError(
+            f"upload of {s3_url(bucket, key)} not verified: ETag {head_etag} != {put_etag} "
+            "(the object changed concurrently?)"
+        )
     return head_etag
 
 

@@ -77,10 +77,18 @@ class RegistrySource:
         if registered is None:
             raise StageError(f"{self.description} does not exist; approve a challenger first.")
         model = registered.model()
-        manifest = {"model_name": self.model_name, "version": registered.version, "sha256": registered.sha256,
-                    "bytes": len(registered.tflite), "input_shape": list(model.input_shape),
-                    "input_dtype": model.input_dtype.name, "class_names": registered.labels,
-                    "metrics": registered.metrics, "lineage": registered.lineage, "source": self.description}
+        manifest = {
+            "model_name": self.model_name,
+            "version": registered.version,
+            "sha256": registered.sha256,
+            "bytes": len(registered.tflite),
+            "input_shape": list(model.input_shape),
+            "input_dtype": model.input_dtype.name,
+            "class_names": registered.labels,
+            "metrics": registered.metrics,
+            "lineage": registered.lineage,
+            "source": self.description,
+        }
         return model, manifest
 
 
@@ -99,5 +107,4 @@ def serve(params: Params, source_kind: str = "s3", host: str | None = None, port
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(make_source(params, source_kind), params.deploy)
-    uvicorn.run(app, host=host or params.deploy.serve_host, port=port or params.deploy.serve_port,
-                log_level="info")
+    uvicorn.run(app, host=host or params.deploy.serve_host, port=port or params.deploy.serve_port, log_level="info")

@@ -1,1 +1,3 @@
-"""Machine learning building blocks: models, batching, pruning, TFLite conversion and runtime, device/precision/distribution, plots, timing."""
+"""Machine learning building blocks: models, batching, pruning, TFLite conversion and runtime,
+device/precision/distribution, plots, timing.
+"""

@@ -23,7 +23,7 @@ def make_batches(keras, x: np.ndarray, y: np.ndarray, num_classes: int, batch_si
             return -(-len(x) // batch_size)
 
         def __getitem__(self, i):
-            idx = np.sort(self.order[i * batch_size:(i + 1) * batch_size])
+            idx = np.sort(self.order[i * batch_size : (i + 1) * batch_size])
             return x[idx].astype("float32"), np.eye(num_classes, dtype="float32")[y[idx].astype(np.int64)]
 
         def on_epoch_end(self):

@@ -9,8 +9,9 @@ import numpy as np
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 
 
-def convert(saved_model_dir: Path, variant: str, representative: np.ndarray | None = None,
-            per_channel: bool = True) -> bytes:
+def convert(
+    saved_model_dir: Path, variant: str, representative: np.ndarray | None = None, per_channel: bool = True
+) -> bytes:
     """Convert an exported SavedModel to a .tflite flatbuffer of the given variant.
 
     `per_channel=False` quantises int8 weights per tensor: the per-channel scales and int64 zero points are ~4 %
@@ -49,6 +50,9 @@ def export_saved_model(model, path: Path) -> None:
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(name="serve", fn=lambda x: model(x, training=False),
-                         input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="image")])
+    archive.add_endpoint(
+        name="serve",
+        fn=lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="image")],
+    )
     archive.write_out(str(path), verbose=False)

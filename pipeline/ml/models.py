@@ -66,4 +66,3 @@ def build_model(name: str, input_shape, num_classes: int, mean, std, *, flip: bo
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(BUILDERS)}")
     return BUILDERS[name](keras, input_shape, num_classes, mean, std, flip=flip, translate=translate, width=width)
-

@@ -23,7 +23,8 @@ def build_for_multi_worker(model, batch) -> None:
 def patch_multi_worker_mean() -> None:
     """Work around the second half of keras-team/keras#20585: under MultiWorkerMirroredStrategy the per-step
     logs (scalar loss/metrics) are averaged with strategy.reduce("MEAN", v, axis=0), which fails on a scalar.
-    Average them across workers with axis=None instead; every other case keeps Keras' own reduction."""
+    Average them across workers with axis=None instead; every other case keeps Keras' own reduction.
+    """
     from keras.src import tree
     from keras.src.backend.tensorflow import trainer
 
@@ -33,8 +34,7 @@ def patch_multi_worker_mean() -> None:
 
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
-            return tree.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
         return original(values, strategy, reduction)
 
     reduce_per_replica.multi_worker_patch = True

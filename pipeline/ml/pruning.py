@@ -1,4 +1,7 @@
-"""Native Keras 3 magnitude pruning: per-kernel masks on a polynomial sparsity schedule (TF-MOT does not support Keras 3)."""
+"""Native Keras 3 magnitude pruning: per-kernel masks on a polynomial sparsity schedule.
+
+TF-MOT does not support Keras 3, so the masks and the schedule callback are written here.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ def polynomial_sparsity(step: int, end_step: int, final: float, initial: float =
 
 def magnitude_mask(kernel: np.ndarray, sparsity: float) -> np.ndarray:
     """0/1 mask that zeroes the `sparsity` fraction of entries with the smallest magnitude."""
-    k = int(round(sparsity * kernel.size))
+    k = round(sparsity * kernel.size)
     if k <= 0:
         return np.ones_like(kernel)
     threshold = np.partition(np.abs(kernel).ravel(), k - 1)[k - 1]
@@ -29,6 +32,7 @@ def prunable_kernels(model) -> list:
 
 
 def sparsity_of(kernels) -> float:
+    """Fraction of zero entries over all `kernels`."""
     total = sum(int(np.prod(k.shape)) for k in kernels)
     zeros = sum(int(np.sum(np.asarray(k.numpy() if hasattr(k, "numpy") else k) == 0)) for k in kernels)
     return zeros / max(1, total)
@@ -44,7 +48,7 @@ def pruning_callback(keras, kernels: list, final_sparsity: float, end_step: int,
             self.masks = [np.ones(tuple(k.shape), dtype="float32") for k in kernels]
 
         def _apply(self):
-            for kernel, mask in zip(kernels, self.masks):
+            for kernel, mask in zip(kernels, self.masks, strict=True):
                 kernel.assign(np.asarray(kernel.numpy()) * mask)
 
         def on_train_batch_end(self, batch, logs=None):

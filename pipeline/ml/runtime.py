@@ -1,4 +1,7 @@
-"""Backend/device facts and the distribution scope: GPUs → mixed precision + MirroredStrategy; TF_CONFIG → multi-worker."""
+"""Backend/device facts and the distribution scope.
+
+GPUs → mixed precision + MirroredStrategy; TF_CONFIG → multi-worker.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import os
 
 
 def backend() -> str:
+    """The Keras backend in use (tensorflow, jax, torch)."""
     import keras
 
     return keras.backend.backend()

@@ -53,11 +53,15 @@ class TFLiteModel:
         return y.astype(np.float32)
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Logits (N, K) of float pixel images (N, H, W, C), run in batches of `batch_size`."""
         x = np.asarray(x, dtype=np.float32)
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"expected images of shape {self.input_shape}, got {x.shape[1:]}")
-        return np.concatenate([self._invoke(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) \
-            if len(x) else np.zeros((0, self._out["shape"][-1]), np.float32)
+        return (
+            np.concatenate([self._invoke(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+            if len(x)
+            else np.zeros((0, self._out["shape"][-1]), np.float32)
+        )
 
     def latency_ms(self, sample: np.ndarray, runs: int) -> float:
         """Median wall time of a batch-1 prediction, in milliseconds."""

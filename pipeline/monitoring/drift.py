@@ -25,6 +25,7 @@ _CHUNK = 4096  # images per block for float32 temporaries
 
 # --------------------------------------------------------------------------------------------- features
 
+
 def image_features(x: np.ndarray) -> dict[str, np.ndarray]:
     """Per-image mean and std of all pixels, and sharpness = mean |4-neighbour Laplacian| of the grey image.
 
@@ -45,8 +46,13 @@ def image_features(x: np.ndarray) -> dict[str, np.ndarray]:
         out["std"][sl] = flat.std(axis=1, dtype=np.float64)
         grey = block.mean(axis=-1)
         if grey.shape[1] >= 3 and grey.shape[2] >= 3:
-            lap = (4 * grey[:, 1:-1, 1:-1] - grey[:, :-2, 1:-1] - grey[:, 2:, 1:-1]
-                   - grey[:, 1:-1, :-2] - grey[:, 1:-1, 2:])
+            lap = (
+                4 * grey[:, 1:-1, 1:-1]
+                - grey[:, :-2, 1:-1]
+                - grey[:, 2:, 1:-1]
+                - grey[:, 1:-1, :-2]
+                - grey[:, 1:-1, 2:]
+            )
             out["sharpness"][sl] = np.abs(lap).reshape(len(block), -1).mean(axis=1, dtype=np.float64)
     return out
 
@@ -60,8 +66,15 @@ def _class_fractions(pred: np.ndarray, num_classes: int) -> tuple[np.ndarray, np
     return counts, frac
 
 
-def reference_profile(x_ref: np.ndarray, pred_ref: np.ndarray, num_classes: int, sample: int = 5000, seed: int = 0,
-                      y_ref: np.ndarray | None = None, accuracy: float | None = None) -> dict:
+def reference_profile(
+    x_ref: np.ndarray,
+    pred_ref: np.ndarray,
+    num_classes: int,
+    sample: int = 5000,
+    seed: int = 0,
+    y_ref: np.ndarray | None = None,
+    accuracy: float | None = None,
+) -> dict:
     """JSON-able reference: feature samples, predicted-class distribution and (optional) reference accuracy.
 
     At most `sample` images (seeded choice) are summarised; `pred_ref` (and `y_ref`) align with `x_ref`.
@@ -80,7 +93,7 @@ def reference_profile(x_ref: np.ndarray, pred_ref: np.ndarray, num_classes: int,
     if accuracy is None and y_ref is not None:
         accuracy = float(np.mean(pred_ref[idx] == np.asarray(y_ref)[idx]))
     return {
-        "n": int(len(idx)),
+        "n": len(idx),
         "num_classes": int(num_classes),
         "image_shape": [int(d) for d in x_ref.shape[1:]],
         "features": {k: [round(float(v), 4) for v in feats[k]] for k in FEATURES},
@@ -91,6 +104,7 @@ def reference_profile(x_ref: np.ndarray, pred_ref: np.ndarray, num_classes: int,
 
 
 # --------------------------------------------------------------------------------------------- statistics
+
 
 def _fractions(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64).ravel()
@@ -137,6 +151,7 @@ def ks(ref_values: np.ndarray, values: np.ndarray) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------------------------- decision
 
+
 def _input_drift(profile: dict, x_batch: np.ndarray, cfg: MonitorConfig) -> tuple[dict, bool, list[str]]:
     """KS test per image feature against the reference samples: ({feature: {stat, p}}, drifted, reasons)."""
     feats = image_features(x_batch)
@@ -146,9 +161,11 @@ def _input_drift(profile: dict, x_batch: np.ndarray, cfg: MonitorConfig) -> tupl
         ks_out[name] = {"stat": stat, "p": p}
         if p < cfg.drift_p_value and stat >= KS_MIN_STAT:
             drifted = True
-            reasons.append(f"input drift in {name}: KS stat {stat:.3f} >= {KS_MIN_STAT}, p={p:.2g} < "
-                           f"{cfg.drift_p_value} (batch median {np.median(feats[name]):.1f} vs reference "
-                           f"{np.median(ref):.1f})")
+            reasons.append(
+                f"input drift in {name}: KS stat {stat:.3f} >= {KS_MIN_STAT}, p={p:.2g} < "
+                f"{cfg.drift_p_value} (batch median {np.median(feats[name]):.1f} vs reference "
+                f"{np.median(ref):.1f})"
+            )
     return ks_out, drifted, reasons
 
 
@@ -156,43 +173,71 @@ def _prediction_drift(profile: dict, pred_batch: np.ndarray, cfg: MonitorConfig)
     """PSI (decides) and chi-square p-value (reported) of the predicted-class mix against the reference."""
     counts, frac = _class_fractions(pred_batch, int(profile["num_classes"]))
     psi_value = psi(profile["pred_frac"], frac) if len(pred_batch) else 0.0
-    out = {"psi": psi_value, "chi2_p": chi_square(profile["pred_frac"], counts), "pred_frac": [float(f) for f in frac],
-           "drifted": psi_value > cfg.psi_threshold}
+    out = {
+        "psi": psi_value,
+        "chi2_p": chi_square(profile["pred_frac"], counts),
+        "pred_frac": [float(f) for f in frac],
+        "drifted": psi_value > cfg.psi_threshold,
+    }
     reasons = []
     if out["drifted"]:
         top = int(np.argmax(frac - np.asarray(profile["pred_frac"])))
-        reasons.append(f"prediction drift: PSI {psi_value:.3f} > {cfg.psi_threshold} (class {top} predicted for "
-                       f"{frac[top]:.1%} of the batch vs {profile['pred_frac'][top]:.1%} in the reference)")
+        reasons.append(
+            f"prediction drift: PSI {psi_value:.3f} > {cfg.psi_threshold} (class {top} predicted for "
+            f"{frac[top]:.1%} of the batch vs {profile['pred_frac'][top]:.1%} in the reference)"
+        )
     return out, reasons
 
 
-def _degradation(profile: dict, pred_batch: np.ndarray, y_batch: np.ndarray | None,
-                 champion_accuracy: float | None, cfg: MonitorConfig) -> tuple[dict, list[str]]:
+def _degradation(
+    profile: dict,
+    pred_batch: np.ndarray,
+    y_batch: np.ndarray | None,
+    champion_accuracy: float | None,
+    cfg: MonitorConfig,
+) -> tuple[dict, list[str]]:
     """Batch accuracy against the baseline (champion_accuracy, else the profile's): accuracy, baseline, drop."""
-    accuracy = None if y_batch is None or len(pred_batch) == 0 else float(
-        np.mean(pred_batch.astype(np.int64) == np.asarray(y_batch).astype(np.int64).ravel()))
+    accuracy = (
+        None
+        if y_batch is None or len(pred_batch) == 0
+        else float(np.mean(pred_batch.astype(np.int64) == np.asarray(y_batch).astype(np.int64).ravel()))
+    )
     baseline = champion_accuracy if champion_accuracy is not None else profile.get("accuracy")
     drop = None if accuracy is None or baseline is None else float(baseline - accuracy)
     degraded = drop is not None and drop > cfg.max_accuracy_drop
     reasons = []
     if degraded:
-        reasons.append(f"accuracy {accuracy:.4f} is {drop:.4f} below the baseline {baseline:.4f} "
-                       f"(max drop {cfg.max_accuracy_drop})")
-    return {"accuracy": accuracy, "baseline_accuracy": None if baseline is None else float(baseline),
-            "accuracy_drop": drop, "degraded": bool(degraded)}, reasons
+        reasons.append(
+            f"accuracy {accuracy:.4f} is {drop:.4f} below the baseline {baseline:.4f} "
+            f"(max drop {cfg.max_accuracy_drop})"
+        )
+    return {
+        "accuracy": accuracy,
+        "baseline_accuracy": None if baseline is None else float(baseline),
+        "accuracy_drop": drop,
+        "degraded": bool(degraded),
+    }, reasons
 
 
-def assess(profile: dict, x_batch: np.ndarray, pred_batch: np.ndarray, y_batch: np.ndarray | None,
-           champion_accuracy: float | None, cfg: MonitorConfig) -> dict:
+def assess(
+    profile: dict,
+    x_batch: np.ndarray,
+    pred_batch: np.ndarray,
+    y_batch: np.ndarray | None,
+    champion_accuracy: float | None,
+    cfg: MonitorConfig,
+) -> dict:
     """Compare one batch with the reference profile; see the module docstring for the rules.
 
     The accuracy baseline is `champion_accuracy` (e.g. the champion's test accuracy) or, when None, the profile's.
     """
     x_batch, pred_batch = np.asarray(x_batch), np.asarray(pred_batch)
-    n = int(len(x_batch))
+    n = len(x_batch)
     if len(pred_batch) != n or (y_batch is not None and len(y_batch) != n):
-        raise ValueError(f"batch of {n} images has {len(pred_batch)} predictions"
-                         + ("" if y_batch is None else f" and {len(y_batch)} labels"))
+        raise ValueError(
+            f"batch of {n} images has {len(pred_batch)} predictions"
+            + ("" if y_batch is None else f" and {len(y_batch)} labels")
+        )
     ks_out, ks_drift, input_reasons = _input_drift(profile, x_batch, cfg)
     prediction, prediction_reasons = _prediction_drift(profile, pred_batch, cfg)
     quality, quality_reasons = _degradation(profile, pred_batch, y_batch, champion_accuracy, cfg)

@@ -35,6 +35,7 @@ REJECTED = "rejected"
 
 # --------------------------------------------------------------------------------------------- incoming
 
+
 def _incoming(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
@@ -76,32 +77,47 @@ def _structural_problems(x: np.ndarray, y: np.ndarray, source: str | Path) -> li
     return problems
 
 
-def validate_batch(x: np.ndarray, y: np.ndarray, class_names: list[str], image_shape, *,
-                   cfg: ValidateConfig | None = None, source: str | Path = "<batch>") -> dict:
+def validate_batch(
+    x: np.ndarray,
+    y: np.ndarray,
+    class_names: list[str],
+    image_shape,
+    *,
+    cfg: ValidateConfig | None = None,
+    source: str | Path = "<batch>",
+) -> dict:
     """Run the per-image GX expectations of pipeline/data/suite.py (labels, shape, dtype, non-finite, pixel stats) on
-    one batch; return {"success", "rows", "statistics", "failures", "reasons"}. An empty batch raises StageError."""
+    one batch; return {"success", "rows", "statistics", "failures", "reasons"}. An empty batch raises StageError.
+    """
     from pipeline.data import suite, tables
 
     cfg = cfg or ValidateConfig()
     x, y = np.asarray(x), np.asarray(y)
     if len(x) == 0:
-        raise StageError(f"empty incoming batch {source}: it holds no images; a batch needs at least one labelled "
-                         "image (x: uint8 (N, H, W, C), y: N class ids)")
+        raise StageError(
+            f"empty incoming batch {source}: it holds no images; a batch needs at least one labelled "
+            "image (x: uint8 (N, H, W, C), y: N class ids)"
+        )
     structural = _structural_problems(x, y, source)
     if structural:
-        return {"success": False, "rows": int(len(x)), "statistics": {}, "failures": [], "reasons": structural}
+        return {"success": False, "rows": len(x), "statistics": {}, "failures": [], "reasons": structural}
     table = tables.with_row_ids(tables.image_rows(x, y, split="incoming"))
     suites = {"images": suite.image_expectations(cfg, len(class_names), image_shape)}
     result = suite.check_tables({"images": table}, suites, list(class_names), cfg.example_rows)
     reasons = []
     if not result["success"]:
-        reasons = [f"{source}: {len(result['failures'])} expectation(s) failed on {len(x)} images:",
-                   *result["lines"]]
-    return {"success": result["success"], "rows": int(len(x)), "statistics": result["statistics"],
-            "failures": result["failures"], "reasons": reasons}
+        reasons = [f"{source}: {len(result['failures'])} expectation(s) failed on {len(x)} images:", *result["lines"]]
+    return {
+        "success": result["success"],
+        "rows": len(x),
+        "statistics": result["statistics"],
+        "failures": result["failures"],
+        "reasons": reasons,
+    }
 
 
 # --------------------------------------------------------------------------------------------- files
+
 
 def _destination(dest_dir: Path, src: Path, sha: str) -> Path:
     """dest_dir/<name>, unless a different file already holds that name (then <stem>-<sha12>.npz)."""
@@ -122,7 +138,9 @@ def _move(src: Path, dest: Path) -> None:
 
 def _finish_move(path: Path, entry: dict) -> None:
     """Repair after a crash between saving the state and moving the file: move it where the state says it went.
-    (A copy of an already-moved batch dropped again stays where it is; next_batch skips it.)"""
+
+    (A copy of an already-moved batch dropped again stays where it is; next_batch skips it.)
+    """
     dest = Path(entry["moved_to"])
     if path.exists() and not dest.exists():
         _move(path, dest)
@@ -134,8 +152,15 @@ def _state_path(state: MonitorState, params: Params) -> Path:
 
 # --------------------------------------------------------------------------------------------- the loop step
 
-def check_batch(params: Params, batch_path: str | Path, champion_model, champion_accuracy: float | None,
-                profile: dict, state: MonitorState) -> dict:
+
+def check_batch(
+    params: Params,
+    batch_path: str | Path,
+    champion_model,
+    champion_accuracy: float | None,
+    profile: dict,
+    state: MonitorState,
+) -> dict:
     """Process one incoming batch (see the module docstring); update and save `state`; return the batch record.
 
     The record: {"file", "sha256", "status": "accepted"|"rejected", "reasons", "validation", "assessment" (accepted
@@ -158,12 +183,13 @@ def check_batch(params: Params, batch_path: str | Path, champion_model, champion
 
     pred = predict_classes(champion_model, x)
     result = drift.assess(profile, x, pred, y, champion_accuracy, params.monitor)
-    return _record_accepted(state, params, path, record, int(len(x)), validation, result)
+    return _record_accepted(state, params, path, record, len(x), validation, result)
 
 
 def _previous_record(path: Path, sha: str | None, state: MonitorState) -> dict | None:
     """The record of an already processed batch (by name once moved away, else by content `sha`), repairing an
-    unfinished move; None for a new batch. StageError for a missing file that was never processed."""
+    unfinished move; None for a new batch. StageError for a missing file that was never processed.
+    """
     if not path.exists():
         previous = state.find_file(path.name)
         if previous is None:
@@ -190,35 +216,64 @@ def _summary(validation: dict) -> dict:
     return {k: validation.get(k) for k in ("success", "rows", "statistics")}
 
 
-def _record_accepted(state: MonitorState, params: Params, path: Path, record: dict, count: int, validation: dict,
-                     result: dict) -> dict:
+def _record_accepted(
+    state: MonitorState, params: Params, path: Path, record: dict, count: int, validation: dict, result: dict
+) -> dict:
     """Count the batch as bad or good, record it, save the state, then move it to paths.accepted."""
     bad = result["drifted"] or result["degraded"]
     state.consecutive_bad = state.consecutive_bad + 1 if bad else 0
     dest = _destination(Path(params.paths.accepted), path, record["sha256"])
-    record.update({"status": "accepted", "reasons": result["reasons"], "bad": bad,
-                   "consecutive_bad": state.consecutive_bad, "moved_to": str(dest),
-                   "validation": _summary(validation), "assessment": result})
+    record.update(
+        {
+            "status": "accepted",
+            "reasons": result["reasons"],
+            "bad": bad,
+            "consecutive_bad": state.consecutive_bad,
+            "moved_to": str(dest),
+            "validation": _summary(validation),
+            "assessment": result,
+        }
+    )
     state.processed[record["sha256"]] = record
     state.accepted.append({"file": dest.name, "sha256": record["sha256"], "count": count, "at": record["at"]})
-    state.history.append({"at": record["at"], "event": "batch", "file": path.name, "status": "accepted", "bad": bad,
-                          "drifted": result["drifted"], "degraded": result["degraded"], "psi": result["psi"],
-                          "accuracy": result["accuracy"], "consecutive_bad": state.consecutive_bad})
+    state.history.append(
+        {
+            "at": record["at"],
+            "event": "batch",
+            "file": path.name,
+            "status": "accepted",
+            "bad": bad,
+            "drifted": result["drifted"],
+            "degraded": result["degraded"],
+            "psi": result["psi"],
+            "accuracy": result["accuracy"],
+            "consecutive_bad": state.consecutive_bad,
+        }
+    )
     state.save(_state_path(state, params))
     _move(path, dest)
     return record
 
 
-def _record_rejected(state: MonitorState, params: Params, path: Path, record: dict, reasons: list[str],
-                     validation: dict) -> dict:
+def _record_rejected(
+    state: MonitorState, params: Params, path: Path, record: dict, reasons: list[str], validation: dict
+) -> dict:
     """Record the batch as rejected (not counted), save the state, then move it to <paths.incoming>/rejected/."""
     dest = _destination(Path(params.paths.incoming) / REJECTED, path, record["sha256"])
-    record.update({"status": "rejected", "reasons": reasons, "bad": False, "consecutive_bad": state.consecutive_bad,
-                   "moved_to": str(dest), "validation": {**_summary(validation),
-                                                         "failures": validation.get("failures", [])}})
+    record.update(
+        {
+            "status": "rejected",
+            "reasons": reasons,
+            "bad": False,
+            "consecutive_bad": state.consecutive_bad,
+            "moved_to": str(dest),
+            "validation": {**_summary(validation), "failures": validation.get("failures", [])},
+        }
+    )
     state.processed[record["sha256"]] = record
-    state.history.append({"at": record["at"], "event": "batch", "file": path.name, "status": "rejected",
-                          "reasons": reasons[:3]})
+    state.history.append(
+        {"at": record["at"], "event": "batch", "file": path.name, "status": "rejected", "reasons": reasons[:3]}
+    )
     state.save(_state_path(state, params))
     _move(path, dest)
     return record

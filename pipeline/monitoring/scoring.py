@@ -1,5 +1,6 @@
 """The champion on monitoring data: its predictions on ingested-format images, and the training reference profile
-(pipeline/monitoring/drift.py) that incoming batches are compared with."""
+(pipeline/monitoring/drift.py) that incoming batches are compared with.
+"""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def _sample_accuracy(data_dir: Path, split: str, model, sample: int, rng: np.ran
     return float(np.mean(predict_classes(model, xa[ia]) == ya[ia].astype(np.int64)))
 
 
-def build_profile(data_dir: str | Path, champion_model, sample: int = 5000, seed: int = 0,
-                  accuracy_split: str = "val") -> dict:
+def build_profile(
+    data_dir: str | Path, champion_model, sample: int = 5000, seed: int = 0, accuracy_split: str = "val"
+) -> dict:
     """Reference profile from a seeded sample of the train split, with the champion's predictions on it.
 
     The profile's fallback accuracy is measured on a sample of `accuracy_split` (held out, so not optimistic like the
@@ -59,8 +61,16 @@ def build_profile(data_dir: str | Path, champion_model, sample: int = 5000, seed
     x_ref = x[idx]
     del x
     accuracy = _sample_accuracy(data_dir, accuracy_split, champion_model, sample, rng)
-    profile = drift.reference_profile(x_ref, predict_classes(champion_model, x_ref), num_classes,
-                                      sample=len(x_ref), seed=seed, accuracy=accuracy)
-    profile.update({"source": str(data_dir), "split": "train", "accuracy_split": accuracy_split if accuracy else None,
-                    "class_names": list(manifest["class_names"]), "manifest_checksum": manifest.get("checksum")})
+    profile = drift.reference_profile(
+        x_ref, predict_classes(champion_model, x_ref), num_classes, sample=len(x_ref), seed=seed, accuracy=accuracy
+    )
+    profile.update(
+        {
+            "source": str(data_dir),
+            "split": "train",
+            "accuracy_split": accuracy_split if accuracy else None,
+            "class_names": list(manifest["class_names"]),
+            "manifest_checksum": manifest.get("checksum"),
+        }
+    )
     return profile

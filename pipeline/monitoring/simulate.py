@@ -33,8 +33,9 @@ def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.rint(values).astype(dtype) if np.issubdtype(dtype, np.integer) else values.astype(dtype)
 
 
-def _label_shift_indices(y: np.ndarray, severity: float, rng: np.random.Generator, num_classes: int,
-                         size: int | None = None) -> tuple[np.ndarray, list[int]]:
+def _label_shift_indices(
+    y: np.ndarray, severity: float, rng: np.random.Generator, num_classes: int, size: int | None = None
+) -> tuple[np.ndarray, list[int]]:
     """Indices (ascending, no repeats) of a subset of `y` whose class mix moves towards one or two dominant classes.
 
     Target mix: (1 - severity) * (the mix of `y`) + severity * (uniform over the dominant classes). With `size`,
@@ -51,21 +52,21 @@ def _label_shift_indices(y: np.ndarray, severity: float, rng: np.random.Generato
     target[dominant] += severity / len(dominant)
     if size is None:
         with np.errstate(divide="ignore"):
-            size = int(min(len(y), np.min(np.where(target > 0, np.floor(available / np.maximum(target, 1e-12)),
-                                                   np.inf))))
+            size = int(
+                min(len(y), np.min(np.where(target > 0, np.floor(available / np.maximum(target, 1e-12)), np.inf)))
+            )
     # largest-remainder rounding of target * size
     raw = target * size
     quota = np.floor(raw).astype(np.int64)
     for c in np.argsort(-(raw - quota), kind="stable")[: size - int(quota.sum())]:
         quota[c] += 1
-    chosen = []
-    for c in range(num_classes):
-        chosen.append(np.flatnonzero(y == c)[: quota[c]])
+    chosen = [np.flatnonzero(y == c)[: quota[c]] for c in range(num_classes)]
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64), dominant
 
 
-def apply_drift(x: np.ndarray, y: np.ndarray, kind: str, severity: float, rng: np.random.Generator,
-                num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def apply_drift(
+    x: np.ndarray, y: np.ndarray, kind: str, severity: float, rng: np.random.Generator, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Return a drifted copy of (x, y); severity in [0, 1], 0 returns the inputs unchanged.
 
     brightness: + severity*80 pixel offset; contrast: scaled around each image's mean by 1 - 0.7*severity;
@@ -98,6 +99,7 @@ def apply_drift(x: np.ndarray, y: np.ndarray, kind: str, severity: float, rng: n
 
 # --------------------------------------------------------------------------------------------- batches
 
+
 def _fingerprint(x: np.ndarray, y: np.ndarray) -> str:
     digest = hashlib.sha256()
     digest.update(str((x.shape, str(x.dtype), len(y))).encode())
@@ -112,14 +114,24 @@ def _read_cursor(out_dir: Path, fingerprint: str) -> dict:
         try:
             cursor = io.read_json(path)
         except ValueError as exc:
-            raise StageError(f"{path}: not valid JSON ({exc}); delete it to restart from the start of the stream")
+            raise StageError(
+                f"{path}: not valid JSON ({exc}); delete it to restart from the start of the stream"
+            ) from None
         if cursor.get("stream") == fingerprint:
             return cursor
     return {"stream": fingerprint, "next": 0, "batches": 0}  # new stream (or none yet): start at its beginning
 
 
-def _make_batch(stream_x: np.ndarray, stream_y: np.ndarray, pos: int, kind: str, severity: float, batch_size: int,
-                seed: int, num_classes: int) -> tuple[np.ndarray, np.ndarray, dict, int]:
+def _make_batch(
+    stream_x: np.ndarray,
+    stream_y: np.ndarray,
+    pos: int,
+    kind: str,
+    severity: float,
+    batch_size: int,
+    seed: int,
+    num_classes: int,
+) -> tuple[np.ndarray, np.ndarray, dict, int]:
     """(x, y, sidecar metadata, next position) of the batch starting at stream position `pos`."""
     rng = np.random.default_rng([seed, pos])
     meta = {"kind": kind, "severity": float(severity), "source": "stream", "seed": int(seed)}
@@ -133,7 +145,7 @@ def _make_batch(stream_x: np.ndarray, stream_y: np.ndarray, pos: int, kind: str,
         x, y = apply_drift(stream_x[pos:stop], stream_y[pos:stop], kind, severity, rng, num_classes)
     if len(x) == 0:
         raise StageError(f"the stream split has no images left to make a {kind!r} batch")
-    meta.update({"count": int(len(x)), "stream_range": [pos, stop]})
+    meta.update({"count": len(x), "stream_range": [pos, stop]})
     return x, y, meta, stop
 
 
@@ -151,8 +163,17 @@ def _save_batches(out_dir: Path, made: list[tuple[np.ndarray, np.ndarray, dict]]
     return paths
 
 
-def write_batches(stream_x: np.ndarray, stream_y: np.ndarray, out_dir: str | Path, kind: str, severity: float,
-                  batch_size: int, count: int, seed: int, num_classes: int | None = None) -> list[Path]:
+def write_batches(
+    stream_x: np.ndarray,
+    stream_y: np.ndarray,
+    out_dir: str | Path,
+    kind: str,
+    severity: float,
+    batch_size: int,
+    count: int,
+    seed: int,
+    num_classes: int | None = None,
+) -> list[Path]:
     """Write `count` drifted batches of up to `batch_size` consecutive stream images into `out_dir`; return paths.
 
     The cursor file `out_dir/stream-cursor.json` records where the next call starts (reset if the stream changes).
@@ -175,12 +196,15 @@ def write_batches(stream_x: np.ndarray, stream_y: np.ndarray, out_dir: str | Pat
     made = []
     for _ in range(count):
         if pos >= len(stream_x):
-            raise StageError(f"the stream split is exhausted ({len(stream_x)} images, {pos} already used by earlier "
-                             f"batches); delete {out_dir / CURSOR_FILE} to start over from the first image")
+            raise StageError(
+                f"the stream split is exhausted ({len(stream_x)} images, {pos} already used by earlier "
+                f"batches); delete {out_dir / CURSOR_FILE} to start over from the first image"
+            )
         x, y, meta, pos = _make_batch(stream_x, stream_y, pos, kind, severity, batch_size, seed, num_classes)
         made.append((x, y, {**meta, "sequence": seq}))
         seq += 1
     paths = _save_batches(out_dir, made)
-    io.write_json(out_dir / CURSOR_FILE, {"stream": cursor["stream"], "next": pos, "batches": seq,
-                                          "stream_size": int(len(stream_x))})
+    io.write_json(
+        out_dir / CURSOR_FILE, {"stream": cursor["stream"], "next": pos, "batches": seq, "stream_size": len(stream_x)}
+    )
     return paths

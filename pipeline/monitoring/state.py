@@ -42,8 +42,10 @@ class MonitorState:
             fields = {f.name for f in dataclasses.fields(cls)} - {"path"}
             return cls(**{k: v for k, v in raw.items() if k in fields}, path=path)
         except (ValueError, TypeError) as exc:
-            raise StageError(f"{path}: unreadable monitor state ({exc}); fix or delete it (the loop then starts "
-                             "over and may re-count batches still in the incoming directory)") from exc
+            raise StageError(
+                f"{path}: unreadable monitor state ({exc}); fix or delete it (the loop then starts "
+                "over and may re-count batches still in the incoming directory)"
+            ) from exc
 
     def to_dict(self) -> dict:
         """The JSON-able fields (everything but the path)."""
@@ -77,16 +79,19 @@ def should_retrain(state: MonitorState, cfg: MonitorConfig, now: dt.datetime | N
         last = as_utc(dt.datetime.fromisoformat(state.last_trigger_at))
         elapsed = (now - last).total_seconds() / 60
         if elapsed < cfg.cooldown_minutes:
-            return False, (f"{n} consecutive drifted/degraded batches, but in cooldown: retraining was triggered at "
-                           f"{state.last_trigger_at}, {elapsed:.1f} of {cfg.cooldown_minutes:g} minutes ago")
+            return False, (
+                f"{n} consecutive drifted/degraded batches, but in cooldown: retraining was triggered at "
+                f"{state.last_trigger_at}, {elapsed:.1f} of {cfg.cooldown_minutes:g} minutes ago"
+            )
     return True, f"{n} consecutive drifted/degraded batches (>= {need})"
 
 
 def mark_triggered(state: MonitorState, now: dt.datetime | None = None, reason: str = "") -> MonitorState:
     """Record that retraining was requested: reset the counter and start the cooldown (the caller saves)."""
     now = as_utc(now)
-    state.history.append({"at": now.isoformat(), "event": "retrain", "reason": reason,
-                          "consecutive_bad": state.consecutive_bad})
+    state.history.append(
+        {"at": now.isoformat(), "event": "retrain", "reason": reason, "consecutive_bad": state.consecutive_bad}
+    )
     state.consecutive_bad = 0
     state.last_trigger_at = now.isoformat()
     return state

@@ -40,10 +40,12 @@ class RegisteredModel:
 
     @property
     def sha256(self) -> str:
+        """Hex sha256 of the .tflite bytes."""
         return io.sha256_bytes(self.tflite)
 
     @property
     def accuracy(self) -> float | None:
+        """Test accuracy recorded at registration (the eval.accuracy tag), None when absent."""
         value = self.metrics.get("accuracy")
         return value if isinstance(value, float) else None
 
@@ -61,9 +63,9 @@ def split_version_tags(mv) -> tuple[dict, dict]:
     for key, value in sorted((mv.tags or {}).items()):
         if key.startswith("eval."):
             try:
-                metrics[key[len("eval."):]] = float(value)
+                metrics[key[len("eval.") :]] = float(value)
             except (TypeError, ValueError):
-                metrics[key[len("eval."):]] = value
+                metrics[key[len("eval.") :]] = value
         else:
             lineage[key] = value
     lineage.setdefault("run_id", getattr(mv, "run_id", None))
@@ -78,8 +80,10 @@ def find_labels(tflite: Path, root: Path) -> list[str]:
             labels = json.loads(path.read_text())
             if isinstance(labels, list) and labels:
                 return [str(x) for x in labels]
-    raise StageError(f"no labels.json next to {tflite.name} in the registered model; was it logged by "
-                     "`mlops register` (pyfunc artifact 'labels')?")
+    raise StageError(
+        f"no labels.json next to {tflite.name} in the registered model; was it logged by "
+        "`mlops register` (pyfunc artifact 'labels')?"
+    )
 
 
 def load_by_alias(model_name: str, alias: str = CHAMPION, attempts: int = 3) -> RegisteredModel | None:
@@ -95,8 +99,11 @@ def load_by_alias(model_name: str, alias: str = CHAMPION, attempts: int = 3) -> 
         with tempfile.TemporaryDirectory(prefix=f"{alias}-") as tmp:
             tflite = store.download_tflite(model_name, str(mv.version), Path(tmp))
             if tflite is None:
-                raise IncompleteVersion(f"{model_name}@{alias} (v{mv.version}) has no .tflite artifact; was it "
-                                        "registered by `mlops register`?", str(mv.version))
+                raise IncompleteVersion(
+                    f"{model_name}@{alias} (v{mv.version}) has no .tflite artifact; was it "
+                    "registered by `mlops register`?",
+                    str(mv.version),
+                )
             now = store.version_by_alias(model_name, alias)
             if now is None or str(now.version) != str(mv.version):
                 continue
@@ -106,6 +113,7 @@ def load_by_alias(model_name: str, alias: str = CHAMPION, attempts: int = 3) -> 
                 raise IncompleteVersion(f"{model_name}@{alias} (v{mv.version}): {exc}", str(mv.version)) from None
             data = tflite.read_bytes()
         metrics, lineage = split_version_tags(mv)
-        return RegisteredModel(model_name, alias, str(mv.version), data, labels, metrics, lineage,
-                               run_id=getattr(mv, "run_id", None))
+        return RegisteredModel(
+            model_name, alias, str(mv.version), data, labels, metrics, lineage, run_id=getattr(mv, "run_id", None)
+        )
     raise StageError(f"{model_name}@{alias} kept moving while it was being downloaded; try again.")

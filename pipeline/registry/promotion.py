@@ -17,7 +17,7 @@ CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _run_metrics(client, version) -> dict[str, float]:
@@ -28,8 +28,9 @@ def _run_metrics(client, version) -> dict[str, float]:
 def _summary(client, version) -> dict:
     metrics = _run_metrics(client, version)
     variant = version.tags.get("model.deploy_variant", "int8")
-    per_class = {m.split(".")[2]: v for m, v in metrics.items()
-                 if m.startswith("eval.per_class.") and m.endswith(".recall")}
+    per_class = {
+        m.split(".")[2]: v for m, v in metrics.items() if m.startswith("eval.per_class.") and m.endswith(".recall")
+    }
     return {
         "version": str(version.version),
         "accuracy": metrics.get("eval.accuracy"),
@@ -60,8 +61,10 @@ def compare(model_name: str) -> dict:
         for key in ("accuracy", "size_bytes", "latency_ms"):
             if new[key] is not None and old[key] is not None:
                 diff[key] = new[key] - old[key]
-        diff["per_class_recall"] = {c: round(new["per_class_recall"][c] - old["per_class_recall"].get(c, 0.0), 4)
-                                    for c in new["per_class_recall"]}
+        diff["per_class_recall"] = {
+            c: round(new["per_class_recall"][c] - old["per_class_recall"].get(c, 0.0), 4)
+            for c in new["per_class_recall"]
+        }
     return {"model_name": model_name, "challenger": new, "champion": old, "diff": diff}
 
 
@@ -74,13 +77,15 @@ def comparison_markdown(cmp: dict) -> str:
             return "–"
         return f"{v * 100:.2f}%" if pct else (f"{v:,.4g}" if isinstance(v, float) else str(v))
 
-    rows = [("version", new["version"], old.get("version")),
-            ("test accuracy", fmt(new["accuracy"], True), fmt(old.get("accuracy"), True)),
-            ("model size (bytes)", fmt(new["size_bytes"]), fmt(old.get("size_bytes"))),
-            ("batch-1 latency (ms)", fmt(new["latency_ms"]), fmt(old.get("latency_ms"))),
-            ("McNemar p vs champion", fmt(new["mcnemar_p_vs_champion"]), ""),
-            ("data checksum", (new["data_checksum"] or "")[:12], (old.get("data_checksum") or "")[:12]),
-            ("git commit", (new["git_commit"] or "")[:12], (old.get("git_commit") or "")[:12])]
+    rows = [
+        ("version", new["version"], old.get("version")),
+        ("test accuracy", fmt(new["accuracy"], True), fmt(old.get("accuracy"), True)),
+        ("model size (bytes)", fmt(new["size_bytes"]), fmt(old.get("size_bytes"))),
+        ("batch-1 latency (ms)", fmt(new["latency_ms"]), fmt(old.get("latency_ms"))),
+        ("McNemar p vs champion", fmt(new["mcnemar_p_vs_champion"]), ""),
+        ("data checksum", (new["data_checksum"] or "")[:12], (old.get("data_checksum") or "")[:12]),
+        ("git commit", (new["git_commit"] or "")[:12], (old.get("git_commit") or "")[:12]),
+    ]
     lines = [f"## Promotion review: {cmp['model_name']}", "", "| | challenger | champion |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c if c is not None else '–'} |" for a, b, c in rows]
     if cmp["diff"].get("per_class_recall"):
@@ -109,12 +114,20 @@ def _audit(client, model_name: str, action: str, by: str, reason: str, versions:
     for version_no in {v for v in versions.values() if v is not None}:
         version = client.get_model_version(model_name, version_no)
         n = _next_audit_index(version)
-        for key, value in (("action", action), ("by", by), ("at", record["at"]), ("reason", reason[:1000]),
-                           ("versions", json.dumps(versions))):
+        for key, value in (
+            ("action", action),
+            ("by", by),
+            ("at", record["at"]),
+            ("reason", reason[:1000]),
+            ("versions", json.dumps(versions)),
+        ):
             client.set_model_version_tag(model_name, version_no, f"audit.{n}.{key}", value)
     experiment_id = registry.ensure_experiment(f"{model_name}-audit")
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{action}-by-{by}",
-                          tags={"audit.action": action, "audit.by": by, "model_name": model_name}):
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=f"{action}-by-{by}",
+        tags={"audit.action": action, "audit.by": by, "model_name": model_name},
+    ):
         mlflow.log_dict(record, "audit.json")
     return record
 
@@ -131,7 +144,7 @@ def _pending_challenger(model_name: str, by: str, action: str):
 
 
 def approve(model_name: str, by: str, reason: str) -> dict:
-    """champion ← challenger (previous ← old champion). Refuses anything evaluation did not bless."""
+    """Champion ← challenger (previous ← old champion). Refuses anything evaluation did not bless."""
     from pipeline.registry import store as registry
 
     challenger = _pending_challenger(model_name, by, "approve")
@@ -161,7 +174,7 @@ def reject(model_name: str, by: str, reason: str) -> dict:
 
 
 def rollback(model_name: str, by: str, reason: str) -> dict:
-    """champion ← previous; the rolled-back version becomes `previous` (so a second rollback undoes it)."""
+    """Champion ← previous; the rolled-back version becomes `previous` (so a second rollback undoes it)."""
     from pipeline.registry import store as registry
 
     _require_name(by)
@@ -191,7 +204,10 @@ def history(model_name: str) -> list[dict]:
 
 
 def aliases(model_name: str) -> dict[str, str | None]:
+    """The version each alias names (None when unset)."""
     from pipeline.registry import store as registry
 
-    return {alias: (str(v.version) if (v := registry.version_by_alias(model_name, alias)) else None)
-            for alias in (CHAMPION, CHALLENGER, PREVIOUS)}
+    return {
+        alias: (str(v.version) if (v := registry.version_by_alias(model_name, alias)) else None)
+        for alias in (CHAMPION, CHALLENGER, PREVIOUS)
+    }

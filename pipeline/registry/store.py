@@ -84,8 +84,9 @@ def download_tflite(model_name: str, version: str, dest: Path) -> Path | None:
     """Download version `version` of `model_name` into dest; the path of its .tflite, None if it has none."""
     import mlflow
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}",
-                                                     dst_path=str(dest)))
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}", dst_path=str(dest))
+    )
     found = sorted(local.rglob("*.tflite"))
     return found[0] if found else None
 

@@ -1,1 +1,3 @@
-"""The seven DVC stages, one module each (a pure `run` plus a thin typer command, `python -m pipeline.stages.<name>`). Stages never import each other."""
+"""The seven DVC stages, one module each: a pure `run` plus a thin typer command (`python -m
+pipeline.stages.<name>`). Stages never import each other.
+"""

@@ -19,6 +19,7 @@ from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, load, path_or
 from pipeline.core.config import CompressConfig
 from pipeline.ml.conversion import VARIANTS, convert, export_saved_model
 
+
 def prune(model, cfg: CompressConfig, x: np.ndarray, y: np.ndarray, num_classes: int, seed: int) -> dict:
     """Prune `model` in place to cfg.target_sparsity while fine-tuning; return sparsity figures."""
     import keras
@@ -31,19 +32,30 @@ def prune(model, cfg: CompressConfig, x: np.ndarray, y: np.ndarray, num_classes:
         return {"target_sparsity": 0.0, "achieved_sparsity": pruning.sparsity_of(kernels), "fine_tune_epochs": 0}
     data = make_batches(keras, x, y, num_classes, 128, True, seed)
     end_step = max(1, int(0.7 * cfg.fine_tune_epochs * len(data)))
-    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
     callback = pruning.pruning_callback(keras, kernels, cfg.target_sparsity, end_step, cfg.pruning_frequency)
     model.fit(data, epochs=cfg.fine_tune_epochs, callbacks=[callback], verbose=1 if sys.stdout.isatty() else 2)
-    return {"target_sparsity": cfg.target_sparsity, "achieved_sparsity": round(pruning.sparsity_of(kernels), 4),
-            "fine_tune_epochs": cfg.fine_tune_epochs, "pruned_kernels": len(kernels)}
+    return {
+        "target_sparsity": cfg.target_sparsity,
+        "achieved_sparsity": round(pruning.sparsity_of(kernels), 4),
+        "fine_tune_epochs": cfg.fine_tune_epochs,
+        "pruned_kernels": len(kernels),
+    }
 
 
 def size_info(path: Path) -> dict:
+    """Bytes, gzip -9 bytes and sha256 of a .tflite file."""
     data = path.read_bytes()
-    return {"file": path.name, "bytes": len(data), "gzip_bytes": len(gzip.compress(data, 9)),
-            "sha256": io.sha256_bytes(data)}
+    return {
+        "file": path.name,
+        "bytes": len(data),
+        "gzip_bytes": len(gzip.compress(data, 9)),
+        "sha256": io.sha256_bytes(data),
+    }
 
 
 def run(cfg: CompressConfig, seed: int, data_dir: Path, model_path: Path, out_dir: Path, metrics_path: Path) -> dict:
@@ -68,7 +80,8 @@ def run(cfg: CompressConfig, seed: int, data_dir: Path, model_path: Path, out_di
         export_saved_model(model, Path(saved))
         for variant in VARIANTS:
             (tmp / f"{variant}.tflite").write_bytes(
-                convert(Path(saved), variant, representative, per_channel=cfg.int8_per_channel))
+                convert(Path(saved), variant, representative, per_channel=cfg.int8_per_channel)
+            )
             print(f"converted {variant}", flush=True)
         variants = {v: size_info(tmp / f"{v}.tflite") for v in VARIANTS}
     fp32 = variants["fp32"]["bytes"]
@@ -86,16 +99,26 @@ def command(
     params: ParamsOpt = DEFAULT_PARAMS,
     data: Annotated[Path | None, typer.Option(help="Prepared shards directory (default: paths.prepared).")] = None,
     model: Annotated[Path | None, typer.Option(help="Trained Keras model (default: paths.model).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Directory for the pruned model and .tflite variants "
-                                                  "(default: paths.compressed).")] = None,
-    metrics: Annotated[Path | None, typer.Option(help="Metrics JSON to write (default: paths.compress_metrics).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Directory for the pruned model and .tflite variants (default: paths.compressed)."),
+    ] = None,
+    metrics: Annotated[
+        Path | None, typer.Option(help="Metrics JSON to write (default: paths.compress_metrics).")
+    ] = None,
 ) -> None:
     """Magnitude-prune and fine-tune, then convert to TFLite fp32 / fp16 / dynamic / int8."""
     cfg = load(params)
     paths = cfg.paths
-    result = call(run, cfg.compress, seed=cfg.seed, data_dir=path_or(data, paths.prepared),
-                  model_path=path_or(model, paths.model), out_dir=path_or(out, paths.compressed),
-                  metrics_path=path_or(metrics, paths.compress_metrics))
+    result = call(
+        run,
+        cfg.compress,
+        seed=cfg.seed,
+        data_dir=path_or(data, paths.prepared),
+        model_path=path_or(model, paths.model),
+        out_dir=path_or(out, paths.compressed),
+        metrics_path=path_or(metrics, paths.compress_metrics),
+    )
     for name, info in result["variants"].items():
         typer.echo(f"{name:8s} {info['bytes']:>10,d} B  gz {info['gzip_bytes']:>10,d} B")
 

@@ -42,8 +42,8 @@ def stratified_split(y: np.ndarray, fractions: list[float], rng: np.random.Gener
         idx = rng.permutation(np.flatnonzero(y == c))
         start = 0
         for k, f in enumerate(fractions):
-            n = int(round(len(idx) * f))
-            parts[k].append(idx[start:start + n])
+            n = round(len(idx) * f)
+            parts[k].append(idx[start : start + n])
             start += n
         parts[-1].append(idx[start:])
     return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
@@ -67,8 +67,9 @@ def drop_duplicates(hashes: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray
     return keep, {s: dropped[s] for s in SPLITS}
 
 
-def make_splits(raw: RawDataset, cfg: IngestConfig, seed: int
-                ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+def make_splits(
+    raw: RawDataset, cfg: IngestConfig, seed: int
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int]]:
     """Carve test (if absent), cap per class, split train/val/stream, drop cross-split duplicates."""
     x, y = raw.train_x, raw.train_y
     if raw.test_x is None:
@@ -83,7 +84,12 @@ def make_splits(raw: RawDataset, cfg: IngestConfig, seed: int
         keep = cap_per_class(ty, max(2, cfg.max_per_class // 5), _rng(seed, "cap-test"))
         tx, ty = tx[keep], ty[keep]
     val, stream, train = stratified_split(y, [cfg.val_fraction, cfg.stream_fraction], _rng(seed, "val-stream"))
-    splits = {"train": (x[train], y[train]), "val": (x[val], y[val]), "test": (tx, ty), "stream": (x[stream], y[stream])}
+    splits = {
+        "train": (x[train], y[train]),
+        "val": (x[val], y[val]),
+        "test": (tx, ty),
+        "stream": (x[stream], y[stream]),
+    }
     dropped = dict.fromkeys(SPLITS, 0)
     if cfg.drop_cross_split_duplicates:
         keep, dropped = drop_duplicates({s: image_hashes(v[0]) for s, v in splits.items()})
@@ -102,8 +108,9 @@ def check_raw(raw: RawDataset) -> None:
         if x is None:
             continue
         if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y):
-            raise DatasetError(f"{split}: expected uint8 (N,H,W,C) images with N labels, got {x.dtype} {x.shape} "
-                               f"and {len(y)} labels")
+            raise DatasetError(
+                f"{split}: expected uint8 (N,H,W,C) images with N labels, got {x.dtype} {x.shape} and {len(y)} labels"
+            )
         if x.shape[1:] != raw.train_x.shape[1:]:
             raise DatasetError(f"test images are {x.shape[1:]} but train images {raw.train_x.shape[1:]}")
         if len(y) and (y.min() < 0 or y.max() >= n):
@@ -118,8 +125,9 @@ def manifest_checksum(split_info: dict[str, dict]) -> str:
     return io.sha256_bytes(json.dumps(shard_hashes).encode())
 
 
-def build_manifest(dataset: str, raw: RawDataset, seed: int, split_info: dict[str, dict],
-                   dropped: dict[str, int]) -> dict:
+def build_manifest(
+    dataset: str, raw: RawDataset, seed: int, split_info: dict[str, dict], dropped: dict[str, int]
+) -> dict:
     """The manifest.json content; `checksum` covers every shard's sha256."""
     return {
         "dataset": dataset,
@@ -133,15 +141,21 @@ def build_manifest(dataset: str, raw: RawDataset, seed: int, split_info: dict[st
     }
 
 
-def add_accepted(splits: dict[str, tuple[np.ndarray, np.ndarray]], accepted: tuple[np.ndarray, np.ndarray],
-                 num_classes: int, seed: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+def add_accepted(
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    accepted: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    seed: int,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int]]:
     """Append monitoring batches accepted for retraining to train.
 
     Accepted images leave the stream split (consumed); any that duplicate val/test images are dropped (leakage).
     """
     ax, ay = accepted
     if ax.shape[1:] != splits["train"][0].shape[1:]:
-        raise DatasetError(f"accepted batches hold {ax.shape[1:]} images but the dataset {splits['train'][0].shape[1:]}")
+        raise DatasetError(
+            f"accepted batches hold {ax.shape[1:]} images but the dataset {splits['train'][0].shape[1:]}"
+        )
     if len(ay) and (ay.min() < 0 or ay.max() >= num_classes):
         raise DatasetError(f"accepted batches: labels must lie in [0, {num_classes})")
     accepted_hashes = image_hashes(ax)
@@ -154,12 +168,16 @@ def add_accepted(splits: dict[str, tuple[np.ndarray, np.ndarray]], accepted: tup
     y = np.concatenate([ty.astype(np.int64), ay[keep]])
     order = _rng(seed, "order-train-accepted").permutation(len(y))
     out = {**splits, "train": (np.ascontiguousarray(x[order]), y[order]), "stream": (sx[~in_stream], sy[~in_stream])}
-    return out, {"accepted": int(keep.sum()), "accepted_dropped_as_leakage": int((~keep).sum()),
-                 "stream_consumed": int(in_stream.sum())}
+    return out, {
+        "accepted": int(keep.sum()),
+        "accepted_dropped_as_leakage": int((~keep).sum()),
+        "stream_consumed": int(in_stream.sum()),
+    }
 
 
-def run(cfg: IngestConfig, seed: int, out_dir: Path, cache_dir: Path = Path("data/cache"),
-        accepted_dir: Path | None = None) -> dict:
+def run(
+    cfg: IngestConfig, seed: int, out_dir: Path, cache_dir: Path = Path("data/cache"), accepted_dir: Path | None = None
+) -> dict:
     """Read, split (plus accepted monitoring batches) and write to `out_dir` atomically; return the manifest.
 
     Reads: the dataset at `cfg.source` (or `cfg.url`, cached in `cache_dir`), accepted batches in `accepted_dir`.
@@ -179,7 +197,7 @@ def run(cfg: IngestConfig, seed: int, out_dir: Path, cache_dir: Path = Path("dat
         for split in SPLITS:
             x, y = splits[split]
             split_info[split] = {
-                "count": int(len(y)),
+                "count": len(y),
                 "class_counts": np.bincount(y, minlength=n_classes).tolist(),
                 "shards": io.write_shards(tmp, split, x, y.astype(label_dtype), cfg.shard_size),
             }
@@ -220,13 +238,21 @@ def load_accepted(accepted_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | N
 
 def command(
     params: ParamsOpt = DEFAULT_PARAMS,
-    out: Annotated[Path | None, typer.Option(help="Directory for shards + manifest.json (default: paths.ingested).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for shards + manifest.json (default: paths.ingested).")
+    ] = None,
 ) -> None:
     """Read the configured dataset into seeded train/val/test/stream shards with a checksummed manifest."""
     cfg = load(params)
     out = path_or(out, cfg.paths.ingested)
-    manifest = call(run, cfg.ingest, seed=cfg.seed, out_dir=out, cache_dir=Path(cfg.paths.raw_cache),
-                    accepted_dir=Path(cfg.paths.accepted))
+    manifest = call(
+        run,
+        cfg.ingest,
+        seed=cfg.seed,
+        out_dir=out,
+        cache_dir=Path(cfg.paths.raw_cache),
+        accepted_dir=Path(cfg.paths.accepted),
+    )
     counts = {k: v["count"] for k, v in manifest["splits"].items()}
     typer.echo(f"ingested {cfg.ingest.dataset}: {counts} -> {out}")
 

@@ -53,8 +53,10 @@ def run(cfg: PreprocessConfig, data_dir: str | Path, out_dir: str | Path) -> dic
     image_shape = [int(d) for d in x_train.shape[1:]]
     for split, (x, _) in splits.items():
         if list(x.shape[1:]) != image_shape:
-            raise StageError(f"{data_dir}: split {split!r} has images {list(x.shape[1:])}, train has {image_shape}; "
-                             "run `mlops validate` to find the bad rows.")
+            raise StageError(
+                f"{data_dir}: split {split!r} has images {list(x.shape[1:])}, train has {image_shape}; "
+                "run `mlops validate` to find the bad rows."
+            )
     mean, std = channel_stats(x_train)
 
     stats = {
@@ -62,7 +64,7 @@ def run(cfg: PreprocessConfig, data_dir: str | Path, out_dir: str | Path) -> dic
         "mean": mean,
         "std": std,
         "class_names": list(manifest.get("class_names", [])),
-        "counts": {split: int(len(x)) for split, (x, _) in splits.items()},
+        "counts": {split: len(x) for split, (x, _) in splits.items()},
         "source_checksum": manifest.get("checksum"),
         "dtype": "uint8",
         "shards": {},
@@ -78,8 +80,9 @@ def run(cfg: PreprocessConfig, data_dir: str | Path, out_dir: str | Path) -> dic
 def command(
     params: ParamsOpt = DEFAULT_PARAMS,
     data: Annotated[Path | None, typer.Option(help="Ingested shards directory (default: paths.ingested).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Directory for training-ready shards + stats.json "
-                                                  "(default: paths.prepared).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for training-ready shards + stats.json (default: paths.prepared).")
+    ] = None,
 ) -> None:
     """Convert to the model's channel layout and record normalisation statistics."""
     cfg = load(params)

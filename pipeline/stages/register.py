@@ -37,12 +37,13 @@ def lineage_tags(params: Params, manifest: dict, validation: dict, evaluation: d
         "data.manifest_checksum": manifest["checksum"],
         "data.gx_success": str(validation["success"]).lower(),
         "data.gx_expectations": f"{validation['statistics']['successful_expectations']}/"
-                                f"{validation['statistics']['evaluated_expectations']}",
+        f"{validation['statistics']['evaluated_expectations']}",
         "model.architecture": params.train.model,
         "model.deploy_variant": evaluation["decision"]["deploy_variant"],
         "eval.blessed": str(evaluation["decision"]["blessed"]).lower(),
         "eval.accuracy": str(evaluation["accuracy"]),
-        "eval.failed_checks": ",".join(r["check"] for r in evaluation["decision"]["reasons"] if not r["passed"]) or "none",
+        "eval.failed_checks": ",".join(r["check"] for r in evaluation["decision"]["reasons"] if not r["passed"])
+        or "none",
     }
     return {k: str(v)[:5000] for k, v in tags.items()}
 
@@ -59,10 +60,16 @@ def _log_history(mlflow, history_csv: Path) -> None:
 
 def _stage_outputs(paths: PathsConfig) -> list[tuple[Path, str]]:
     """Every stage output logged with the run, and the artifact folder it goes to."""
-    return [(Path(paths.train_metrics), "metrics"), (Path(paths.compress_metrics), "metrics"),
-            (Path(paths.evaluate_metrics), "metrics"), (Path(paths.validation_report), "reports"),
-            (Path(paths.evaluation_report), "reports"), (Path(paths.data_docs), "reports"),
-            (Path(paths.train_plots), "plots/train"), (Path(paths.evaluate_plots), "plots/evaluate")]
+    return [
+        (Path(paths.train_metrics), "metrics"),
+        (Path(paths.compress_metrics), "metrics"),
+        (Path(paths.evaluate_metrics), "metrics"),
+        (Path(paths.validation_report), "reports"),
+        (Path(paths.evaluation_report), "reports"),
+        (Path(paths.data_docs), "reports"),
+        (Path(paths.train_plots), "plots/train"),
+        (Path(paths.evaluate_plots), "plots/evaluate"),
+    ]
 
 
 def _log_outputs(mlflow, outputs: list[tuple[Path, str]]) -> None:
@@ -85,8 +92,10 @@ def _signature(stats: dict):
     from mlflow.types import Schema, TensorSpec
 
     shape = tuple(stats["image_shape"])
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape), "image")]),
-                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(stats["class_names"])))]))
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape), "image")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(stats["class_names"])))]),
+    )
 
 
 def _log_models(mlflow, paths: PathsConfig, stats: dict, variant: str):
@@ -99,9 +108,11 @@ def _log_models(mlflow, paths: PathsConfig, stats: dict, variant: str):
         labels = Path(tmp) / "labels.json"
         labels.write_text(json.dumps(stats["class_names"]))
         info = mlflow.pyfunc.log_model(
-            name="classifier", python_model=TFLiteClassifier(),
+            name="classifier",
+            python_model=TFLiteClassifier(),
             artifacts={"tflite": str(Path(paths.compressed) / f"{variant}.tflite"), "labels": str(labels)},
-            signature=_signature(stats), pip_requirements=PIP_REQUIREMENTS,
+            signature=_signature(stats),
+            pip_requirements=PIP_REQUIREMENTS,
         )
     mlflow.keras.log_model(keras.models.load_model(paths.model), name="keras", pip_requirements=["keras==3.15.1"])
     return info
@@ -112,9 +123,15 @@ def _log_run(mlflow, params: Params, params_path: Path, inputs: dict) -> None:
     paths = params.paths
     evaluation = inputs["evaluation"]
     mlflow.log_params(flatten("", params.model_dump(by_alias=True, mode="json")))
-    mlflow.log_metrics({**numeric_metrics("train", inputs["train"]), **numeric_metrics("compress", inputs["compress"]),
-                        **numeric_metrics("eval", {k: v for k, v in evaluation.items()
-                                                   if k in ("accuracy", "variants", "per_class", "champion")})})
+    mlflow.log_metrics(
+        {
+            **numeric_metrics("train", inputs["train"]),
+            **numeric_metrics("compress", inputs["compress"]),
+            **numeric_metrics(
+                "eval", {k: v for k, v in evaluation.items() if k in ("accuracy", "variants", "per_class", "champion")}
+            ),
+        }
+    )
     _log_history(mlflow, Path(paths.train_plots) / "history.csv")
     _log_outputs(mlflow, _stage_outputs(paths))
     for file in (Path(params_path), Path("dvc.lock"), Path(paths.prepared) / "manifest.json"):
@@ -125,9 +142,14 @@ def _log_run(mlflow, params: Params, params_path: Path, inputs: dict) -> None:
 def _read_inputs(paths: PathsConfig) -> dict:
     """The stage outputs registration reads (all written by earlier stages)."""
     prepared = Path(paths.prepared)
-    return {"stats": io.read_json(prepared / "stats.json"), "manifest": io.read_json(prepared / "manifest.json"),
-            "validation": io.read_json(paths.validation_report), "evaluation": io.read_json(paths.evaluation_report),
-            "train": io.read_json(paths.train_metrics), "compress": io.read_json(paths.compress_metrics)}
+    return {
+        "stats": io.read_json(prepared / "stats.json"),
+        "manifest": io.read_json(prepared / "manifest.json"),
+        "validation": io.read_json(paths.validation_report),
+        "evaluation": io.read_json(paths.evaluation_report),
+        "train": io.read_json(paths.train_metrics),
+        "compress": io.read_json(paths.compress_metrics),
+    }
 
 
 def run(params: Params, params_path: Path, out_path: Path) -> dict:
@@ -148,8 +170,9 @@ def run(params: Params, params_path: Path, out_path: Path) -> dict:
     experiment_id = store.ensure_experiment(reg.experiment)
     tags = lineage_tags(params, inputs["manifest"], inputs["validation"], inputs["evaluation"])
     started = time.perf_counter()
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{params.train.model}-{tags['git_commit'][:8]}",
-                          tags=tags) as run:
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"{params.train.model}-{tags['git_commit'][:8]}", tags=tags
+    ) as run:
         _log_run(mlflow, params, params_path, inputs)
         info = _log_models(mlflow, params.paths, inputs["stats"], variant)
         version = mlflow.register_model(info.model_uri, reg.model_name, tags=tags)
@@ -158,24 +181,33 @@ def run(params: Params, params_path: Path, out_path: Path) -> dict:
         if alias:
             client.set_registered_model_alias(reg.model_name, alias, version.version)
         mlflow.set_tag("registered_version", version.version)
-    record = {"model_name": reg.model_name, "version": int(version.version), "alias": alias, "blessed": blessed,
-              "run_id": run.info.run_id, "model_uri": f"models:/{reg.model_name}/{version.version}",
-              "experiment_id": experiment_id, "deploy_variant": variant,
-              "logging_seconds": round(time.perf_counter() - started, 2)}
+    record = {
+        "model_name": reg.model_name,
+        "version": int(version.version),
+        "alias": alias,
+        "blessed": blessed,
+        "run_id": run.info.run_id,
+        "model_uri": f"models:/{reg.model_name}/{version.version}",
+        "experiment_id": experiment_id,
+        "deploy_variant": variant,
+        "logging_seconds": round(time.perf_counter() - started, 2),
+    }
     io.write_json(out_path, record)
     return record
 
 
 def command(
     params: ParamsOpt = DEFAULT_PARAMS,
-    out: Annotated[Path | None, typer.Option(help="Registration record JSON to write "
-                                                  "(default: paths.registration).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Registration record JSON to write (default: paths.registration).")
+    ] = None,
 ) -> None:
     """Log one MLflow run with everything, register a model version; blessed versions get `challenger`."""
     cfg = load(params)
     record = call(run, cfg, params_path=params, out_path=path_or(out, cfg.paths.registration))
-    typer.echo(f"registered {record['model_name']} v{record['version']} alias={record['alias'] or '-'} "
-               f"run={record['run_id']}")
+    typer.echo(
+        f"registered {record['model_name']} v{record['version']} alias={record['alias'] or '-'} run={record['run_id']}"
+    )
 
 
 if __name__ == "__main__":

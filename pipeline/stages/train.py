@@ -35,8 +35,9 @@ def _callbacks(keras, backup_dir: Path, history_csv: Path, epoch_times: list[flo
         # (deduplicated by _write_history), never lose one. double_checkpoint: a kill that tears the checkpoint
         # file being written resumes from the previous one instead of failing to load.
         keras.callbacks.CSVLogger(str(history_csv), append=True),
-        keras.callbacks.BackupAndRestore(str(backup_dir / "state"), save_freq="epoch", delete_checkpoint=True,
-                                         double_checkpoint=True),
+        keras.callbacks.BackupAndRestore(
+            str(backup_dir / "state"), save_freq="epoch", delete_checkpoint=True, double_checkpoint=True
+        ),
         EpochTimer(),
     ]
 
@@ -44,17 +45,25 @@ def _callbacks(keras, backup_dir: Path, history_csv: Path, epoch_times: list[flo
 IN_MEMORY_BYTES = 1_500_000_000  # float32 copy of train+val that may live in memory
 
 
-def _fit_inputs(keras, x, y, x_val, y_val, num_classes: int, batch_size: int, seed: int,
-                multi_worker: bool) -> dict:
+def _fit_inputs(keras, x, y, x_val, y_val, num_classes: int, batch_size: int, seed: int, multi_worker: bool) -> dict:
     """fit() inputs: float32 arrays when they fit in memory (Keras' own prefetching path; faster on CPU
     than a Python PyDataset for small models); otherwise the streaming PyDataset. Multi-worker keeps the
-    PyDataset (its batches build the model, see build_for_multi_worker)."""
+    PyDataset (its batches build the model, see build_for_multi_worker).
+    """
     if multi_worker or (x.size + x_val.size) * 4 > IN_MEMORY_BYTES:
-        return {"x": make_batches(keras, x, y, num_classes, batch_size, True, seed),
-                "validation_data": make_batches(keras, x_val, y_val, num_classes, 512, False, seed)}
+        return {
+            "x": make_batches(keras, x, y, num_classes, batch_size, True, seed),
+            "validation_data": make_batches(keras, x_val, y_val, num_classes, 512, False, seed),
+        }
     eye = np.eye(num_classes, dtype="float32")
-    return {"x": x.astype("float32"), "y": eye[y.astype(np.int64)], "batch_size": batch_size, "shuffle": True,
-            "validation_data": (x_val.astype("float32"), eye[y_val.astype(np.int64)]), "validation_batch_size": 512}
+    return {
+        "x": x.astype("float32"),
+        "y": eye[y.astype(np.int64)],
+        "batch_size": batch_size,
+        "shuffle": True,
+        "validation_data": (x_val.astype("float32"), eye[y_val.astype(np.int64)]),
+        "validation_batch_size": 512,
+    }
 
 
 def _write_history(history_csv: Path, dest: Path) -> None:
@@ -108,19 +117,35 @@ def _outputs(backup_dir: Path, model_path: Path, metrics_path: Path, plots_dir: 
     if not resuming:
         shutil.rmtree(backup_dir, ignore_errors=True)
     backup_dir.mkdir(parents=True, exist_ok=True)
-    return {"backup": backup_dir, "model": Path(model_path), "metrics": Path(metrics_path),
-            "plots": Path(plots_dir)}, resuming
+    return {
+        "backup": backup_dir,
+        "model": Path(model_path),
+        "metrics": Path(metrics_path),
+        "plots": Path(plots_dir),
+    }, resuming
 
 
 def _compiled_model(keras, cfg: TrainConfig, stats: dict, num_classes: int, steps: int):
     """The configured architecture with AdamW + warmup/cosine schedule and a one-hot cross-entropy loss."""
     from pipeline.ml.models import build_model
 
-    model = build_model(cfg.model, stats["image_shape"], num_classes, stats["mean"], stats["std"],
-                        flip=cfg.augment.flip, translate=cfg.augment.translate, width=cfg.width)
+    model = build_model(
+        cfg.model,
+        stats["image_shape"],
+        num_classes,
+        stats["mean"],
+        stats["std"],
+        flip=cfg.augment.flip,
+        translate=cfg.augment.translate,
+        width=cfg.width,
+    )
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(1, steps - steps // 10), warmup_target=cfg.learning_rate,
-        warmup_steps=max(1, steps // 10), alpha=0.01)
+        0.0,
+        decay_steps=max(1, steps - steps // 10),
+        warmup_target=cfg.learning_rate,
+        warmup_steps=max(1, steps // 10),
+        alpha=0.01,
+    )
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
@@ -142,26 +167,45 @@ def _save(model, out: dict, history_csv: Path) -> dict[str, list[float]]:
     return history
 
 
-def _metrics(cfg: TrainConfig, model, history: dict, epoch_times: list[float], n_train: int, wall: float,
-             resumed: bool, policy: str, strategy: str) -> dict:
+def _metrics(
+    cfg: TrainConfig,
+    model,
+    history: dict,
+    epoch_times: list[float],
+    n_train: int,
+    wall: float,
+    resumed: bool,
+    policy: str,
+    strategy: str,
+) -> dict:
     """metrics/train.json: final and best scores, throughput, and how it ran (precision, strategy, device)."""
     from pipeline.ml import runtime
 
     steady = epoch_times[1:] or epoch_times
     return {
-        "model": cfg.model, "params": int(model.count_params()), "epochs": cfg.epochs,
-        "epochs_run_this_process": len(epoch_times), "resumed": resumed, "train_samples": int(n_train),
-        "accuracy": history["accuracy"][-1], "loss": history["loss"][-1],
-        "val_accuracy": history["val_accuracy"][-1], "val_loss": history["val_loss"][-1],
-        "best_val_accuracy": max(history["val_accuracy"]), "fit_seconds": round(wall, 2),
+        "model": cfg.model,
+        "params": int(model.count_params()),
+        "epochs": cfg.epochs,
+        "epochs_run_this_process": len(epoch_times),
+        "resumed": resumed,
+        "train_samples": int(n_train),
+        "accuracy": history["accuracy"][-1],
+        "loss": history["loss"][-1],
+        "val_accuracy": history["val_accuracy"][-1],
+        "val_loss": history["val_loss"][-1],
+        "best_val_accuracy": max(history["val_accuracy"]),
+        "fit_seconds": round(wall, 2),
         "epoch_seconds": [round(t, 2) for t in epoch_times],
         "images_per_second": round(n_train / float(np.median(steady)), 1) if steady else None,
-        "dtype_policy": policy, "strategy": strategy, **runtime.describe(),
+        "dtype_policy": policy,
+        "strategy": strategy,
+        **runtime.describe(),
     }
 
 
-def run(cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_path: Path, plots_dir: Path,
-        backup_dir: Path) -> dict:
+def run(
+    cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_path: Path, plots_dir: Path, backup_dir: Path
+) -> dict:
     """Train the configured model; resumes from `backup_dir` when a previous run was killed.
 
     Reads: `data_dir/stats.json` and the train/val shards. Writes: `model_path` (.keras, atomically),
@@ -178,8 +222,17 @@ def run(cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_p
     policy = runtime.configure_precision(cfg.mixed_precision)
     out, resuming = _outputs(backup_dir, model_path, metrics_path, plots_dir)
     history_csv = out["backup"] / "history.csv"
-    fit_inputs = _fit_inputs(keras, x_train, y_train, x_val, y_val, num_classes, cfg.batch_size, seed,
-                             multi_worker=runtime.worker_task() is not None)
+    fit_inputs = _fit_inputs(
+        keras,
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        num_classes,
+        cfg.batch_size,
+        seed,
+        multi_worker=runtime.worker_task() is not None,
+    )
     scope, strategy = runtime.distribution_scope()
     with scope:
         model = _compiled_model(keras, cfg, stats, num_classes, cfg.epochs * -(-len(x_train) // cfg.batch_size))
@@ -187,8 +240,12 @@ def run(cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_p
             multiworker.build_for_multi_worker(model, fit_inputs["x"][0])
     epoch_times: list[float] = []
     started = time.perf_counter()
-    model.fit(**fit_inputs, epochs=cfg.epochs, callbacks=_callbacks(keras, out["backup"], history_csv, epoch_times),
-              verbose=1 if sys.stdout.isatty() else 2)
+    model.fit(
+        **fit_inputs,
+        epochs=cfg.epochs,
+        callbacks=_callbacks(keras, out["backup"], history_csv, epoch_times),
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
     wall = time.perf_counter() - started
     if strategy.startswith("multi_worker"):
         multiworker.average_non_trainable(model)
@@ -204,18 +261,28 @@ def command(
     data: Annotated[Path | None, typer.Option(help="Prepared shards directory (default: paths.prepared).")] = None,
     model: Annotated[Path | None, typer.Option(help="Trained Keras model to write (default: paths.model).")] = None,
     metrics: Annotated[Path | None, typer.Option(help="Metrics JSON to write (default: paths.train_metrics).")] = None,
-    plots: Annotated[Path | None, typer.Option(help="Directory for history CSV and curve PNG "
-                                                    "(default: paths.train_plots).")] = None,
-    backup: Annotated[Path | None, typer.Option(help="BackupAndRestore dir; a killed run resumes from it "
-                                                     "(default: paths.train_backup).")] = None,
+    plots: Annotated[
+        Path | None, typer.Option(help="Directory for history CSV and curve PNG (default: paths.train_plots).")
+    ] = None,
+    backup: Annotated[
+        Path | None,
+        typer.Option(help="BackupAndRestore dir; a killed run resumes from it (default: paths.train_backup)."),
+    ] = None,
 ) -> None:
     """Train the configured Keras 3 model (resumable, seeded, GPU-aware)."""
     cfg = load(params)
     paths = cfg.paths
     model = path_or(model, paths.model)
-    result = call(run, cfg.train, seed=cfg.seed, data_dir=path_or(data, paths.prepared), model_path=model,
-                  metrics_path=path_or(metrics, paths.train_metrics), plots_dir=path_or(plots, paths.train_plots),
-                  backup_dir=path_or(backup, paths.train_backup))
+    result = call(
+        run,
+        cfg.train,
+        seed=cfg.seed,
+        data_dir=path_or(data, paths.prepared),
+        model_path=model,
+        metrics_path=path_or(metrics, paths.train_metrics),
+        plots_dir=path_or(plots, paths.train_plots),
+        backup_dir=path_or(backup, paths.train_backup),
+    )
     typer.echo(f"trained {cfg.train.model}: val_accuracy={result['val_accuracy']:.4f} -> {model}")
 
 

@@ -42,15 +42,24 @@ def run(cfg: ValidateConfig, data_dir: str | Path, report_path: str | Path, docs
             with io.atomic_dir(docs_dir) as tmp_docs:
                 results = suite.run_checkpoint(checked, suites, tmp_docs, partial_count=max(cfg.example_rows, 20))
     except Exception as exc:  # GX itself broke: still leave a report saying so, then surface the real error
-        io.write_json(report_path, {"success": False, "rows": int(len(images)), "error": f"{type(exc).__name__}: {exc}",
-                                    "statistics": {}, "failures": [], "manifest_checksum": manifest.get("checksum")})
+        io.write_json(
+            report_path,
+            {
+                "success": False,
+                "rows": len(images),
+                "error": f"{type(exc).__name__}: {exc}",
+                "statistics": {},
+                "failures": [],
+                "manifest_checksum": manifest.get("checksum"),
+            },
+        )
         raise
 
     statistics = gx_report.statistics(results)
     failures = gx_report.failures(results, checked, list(manifest["class_names"]), cfg.example_rows)
     report = {
         "success": not failures,
-        "rows": int(len(images)),
+        "rows": len(images),
         "statistics": statistics,
         "split_counts": {s: int(n) for s, n in images["split"].value_counts().items()},
         "failures": failures,
@@ -59,8 +68,12 @@ def run(cfg: ValidateConfig, data_dir: str | Path, report_path: str | Path, docs
     }
     io.write_json(report_path, report)
     if failures:
-        lines = [(f"data validation failed: {len(failures)} of {statistics['evaluated_expectations']} expectations "
-                  f"failed on {len(images)} images in {data_dir}:")]
+        lines = [
+            (
+                f"data validation failed: {len(failures)} of {statistics['evaluated_expectations']} expectations "
+                f"failed on {len(images)} images in {data_dir}:"
+            )
+        ]
         lines += [line for f in failures for line in gx_report.format_failure(f)]
         lines.append(f"report: {report_path}  data docs: {docs_dir / 'index.html'}")
         raise StageError("\n".join(lines))
@@ -70,18 +83,27 @@ def run(cfg: ValidateConfig, data_dir: str | Path, report_path: str | Path, docs
 def command(
     params: ParamsOpt = DEFAULT_PARAMS,
     data: Annotated[Path | None, typer.Option(help="Ingested shards directory (default: paths.ingested).")] = None,
-    report: Annotated[Path | None, typer.Option(help="JSON report to write "
-                                                     "(default: paths.validation_report).")] = None,
-    docs: Annotated[Path | None, typer.Option(help="Great Expectations data docs directory "
-                                                   "(default: paths.data_docs).")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="JSON report to write (default: paths.validation_report).")
+    ] = None,
+    docs: Annotated[
+        Path | None, typer.Option(help="Great Expectations data docs directory (default: paths.data_docs).")
+    ] = None,
 ) -> None:
     """Run the Great Expectations suite; exit non-zero naming failing expectations and example rows."""
     cfg = load(params)
     report = path_or(report, cfg.paths.validation_report)
-    result = call(run, cfg.validate_, data_dir=path_or(data, cfg.paths.ingested), report_path=report,
-                  docs_dir=path_or(docs, cfg.paths.data_docs))
-    typer.echo(f"validation passed: {result['statistics']['successful_expectations']} expectations on "
-               f"{result['rows']} images -> {report}")
+    result = call(
+        run,
+        cfg.validate_,
+        data_dir=path_or(data, cfg.paths.ingested),
+        report_path=report,
+        docs_dir=path_or(docs, cfg.paths.data_docs),
+    )
+    typer.echo(
+        f"validation passed: {result['statistics']['successful_expectations']} expectations on "
+        f"{result['rows']} images -> {report}"
+    )
 
 
 if __name__ == "__main__":
