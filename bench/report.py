@@ -160,15 +160,15 @@ def main() -> None:
         "## Missed targets: why, and what it would take",
         "",
         (
-            "- **fast_net vs seed_cnn at short budgets.** With this pipeline's recipe (AdamW, warmup + cosine) the seed "
-            "CNN is strong on 2 CPU cores: 92.3 % in 2.5 min. The augmented residual net overtakes it only from about "
-            "7 min (14 epochs: 93.3 %, the default run). Closing the gap at 2–5 min needs a narrower fast net (width 16 "
-            "trains ~2.5× faster), augmentation only in later epochs, or an accelerator."
+            "- **fast_net vs seed_cnn at short budgets.** With this pipeline's recipe (AdamW, warmup + cosine) the "
+            "seed CNN is strong on 2 CPU cores: 92.3 % in 2.5 min. The augmented residual net overtakes it only from "
+            "about 7 min (14 epochs: 93.3 %, the default run). Closing the gap at 2–5 min needs a narrower fast net "
+            "(width 16 trains ~2.5× faster), augmentation only in later epochs, or an accelerator."
         ),
         (
-            "- **MLflow logging ÷ training.** Logging costs about 3.6–4 s per run regardless of its length (Keras model "
-            "save, pyfunc environment, zipped data docs). On the default 9.6-min training that is 4.1 s / 561 s = 0.73 % "
-            "(target met); the 3-min benchmark workload gives 3.2 %."
+            "- **MLflow logging ÷ training.** Logging costs about 3.6–4 s per run regardless of its length (Keras "
+            "model save, pyfunc environment, zipped data docs). On the default 9.6-min training that is 4.1 s / 561 s"
+            " = 0.73 % (target met); the 3-min benchmark workload gives 3.2 %."
         ),
         (
             "- **int8 size ratio 3.896 vs 3.9.** A fixed ~8 KB of flatbuffer overhead (tensor names, quantisation "

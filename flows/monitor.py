@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
     from pipeline.core.config import Params
 
 
@@ -134,7 +136,7 @@ def monitor_flow(
     state = MonitorState.load(state_path)
     records = _check_batches(params, champion, model, profile, state, max_batches)
     go, why = should_retrain(state, params.monitor)
-    result = {
+    result: dict[str, Any] = {
         "decision": "retrain" if go else "ok",
         "reason": why,
         "champion_version": champion.version,
@@ -162,9 +164,9 @@ def start_training(overrides: dict | None) -> str | None:
             "training/training", parameters={"overrides": overrides} if overrides else None, timeout=0, as_subflow=False
         )
     except Exception as exc:  # noqa: BLE001 - outside deployments (local dev) there is nothing to trigger
-        get_run_logger().warning(f"training deployment not started ({exc}); run `dvc repro` to retrain.")
+        get_run_logger().warning("training deployment not started (%s); run `dvc repro` to retrain.", exc)
         return None
-    return str(run.id)
+    return str(cast("FlowRun", run).id)  # synchronous call: a FlowRun, not a coroutine
 
 
 if __name__ == "__main__":

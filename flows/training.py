@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -20,6 +20,8 @@ from flows.common import dvc_remote_configured, run_streaming, workspace_lock
 from pipeline.registry.aliases import CHALLENGER
 
 if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
     from pipeline.core.config import PathsConfig
 
 STAGES = ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "register")
@@ -118,9 +120,9 @@ def start_promotion(model_name: str) -> str | None:
     try:
         run = run_deployment("promotion/promotion", parameters={"model_name": model_name}, timeout=0, as_subflow=False)
     except Exception as exc:  # noqa: BLE001 - e.g. run locally without deployments
-        get_run_logger().warning(f"promotion deployment not started ({exc}); approve with `mlops promote`.")
+        get_run_logger().warning("promotion deployment not started (%s); approve with `mlops promote`.", exc)
         return None
-    return str(run.id)
+    return str(cast("FlowRun", run).id)  # synchronous call: a FlowRun, not a coroutine
 
 
 if __name__ == "__main__":

@@ -77,7 +77,9 @@ def _read_members(path: Path) -> dict[str, bytes]:
             for member in tar:
                 base = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and base in _NEEDED and base not in found:
-                    found[base] = tar.extractfile(member).read()
+                    member_file = tar.extractfile(member)
+                    if member_file is not None:  # None for non-regular members (directories, links)
+                        found[base] = member_file.read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DatasetError(f"{path}: corrupt or truncated tarball ({exc}); re-download it") from exc
     return found

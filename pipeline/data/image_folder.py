@@ -56,8 +56,9 @@ def load_image(path: Path, size: tuple[int, int], channels: int) -> tuple[np.nda
     mode = "L" if channels == 1 else "RGB"
     try:
         data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            im: Image.Image = opened
             if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grey: scale, don't clip
                 im = Image.fromarray((np.asarray(im, dtype=np.int64) // 257).clip(0, 255).astype(np.uint8))
             elif im.mode == "P" and "transparency" in im.info:

@@ -7,6 +7,8 @@ Each failure names the expectation, its table.column, how many rows broke it and
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import pandas as pd
 
@@ -53,7 +55,7 @@ def _row_examples(
             h = images.at[rid, "hash"]
             same = images[(images["hash"] == h) & (images["row_id"] != rid)]
             row["also_in"] = [f"{s}:{i}" for s, i in zip(same["split"], same["index"], strict=True)][:3]
-    return [_jsonable(r) for r in rows]
+    return [cast(dict, _jsonable(r)) for r in rows]
 
 
 def _examples(
@@ -112,11 +114,11 @@ def _failure(table: str, r, tables: dict[str, pd.DataFrame], class_names: list[s
     exc = r.exception_info or {}
     if exc.get("raised_exception"):
         entry["exception"] = str(exc.get("exception_message"))
-    return _jsonable(entry)
+    return cast(dict, _jsonable(entry))
 
 
 def failures(
-    results: dict[str, object], tables: dict[str, pd.DataFrame], class_names: list[str], limit: int
+    results: dict[str, Any], tables: dict[str, pd.DataFrame], class_names: list[str], limit: int
 ) -> list[dict]:
     """Every failed expectation of the GX `results` (per table name), with up to `limit` example rows each."""
     return [
@@ -127,7 +129,7 @@ def failures(
     ]
 
 
-def statistics(results: dict[str, object]) -> dict[str, int]:
+def statistics(results: dict[str, Any]) -> dict[str, int]:
     """Evaluated / successful / unsuccessful expectation counts over all tables' GX results."""
     evaluated = sum(len(r.results) for r in results.values())
     successful = sum(1 for r in results.values() for e in r.results if e.success)

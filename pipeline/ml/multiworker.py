@@ -37,7 +37,7 @@ def patch_multi_worker_mean() -> None:
             return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values)
         return original(values, strategy, reduction)
 
-    reduce_per_replica.multi_worker_patch = True
+    reduce_per_replica.multi_worker_patch = True  # type: ignore[attr-defined]  # applied once per process
     trainer.reduce_per_replica = reduce_per_replica
 
 

@@ -26,7 +26,7 @@ class TFLiteModel:
         self._out = self._interpreter.get_output_details()[0]
         self.input_shape = tuple(int(d) for d in self._in["shape"][1:])
         self.input_dtype = np.dtype(self._in["dtype"])
-        self._batch = None
+        self._batch: int | None = None
 
     def _resize(self, batch: int) -> None:
         if batch != self._batch:

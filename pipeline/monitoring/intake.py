@@ -195,7 +195,7 @@ def _previous_record(path: Path, sha: str | None, state: MonitorState) -> dict |
         if previous is None:
             raise StageError(f"{path}: incoming batch not found (and never processed)")
         return previous
-    previous = state.processed.get(sha)
+    previous = state.processed.get(sha) if sha is not None else None
     if previous is not None:
         _finish_move(path, previous)
     return previous
@@ -208,7 +208,7 @@ def _load_and_validate(path: Path, profile: dict, cfg: ValidateConfig) -> tuple[
         x, y = _load_batch(path)
         return x, y, validate_batch(x, y, class_names, profile["image_shape"], cfg=cfg, source=path)
     except ValueError as exc:
-        failed = {"success": False, "rows": None, "statistics": {}, "failures": [], "reasons": [f"{path}: {exc}"]}
+        failed: dict = {"success": False, "rows": None, "statistics": {}, "failures": [], "reasons": [f"{path}: {exc}"]}
         return np.zeros(0), np.zeros(0), failed
 
 

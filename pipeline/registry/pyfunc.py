@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-import mlflow.pyfunc
 import numpy as np
+from mlflow.pyfunc import PythonModel
 
 
-class TFLiteClassifier(mlflow.pyfunc.PythonModel):
+class TFLiteClassifier(PythonModel):
     """Loads the logged .tflite and labels; predict(N,H,W,C float pixels 0–255) → (N,K) probabilities."""
 
     def load_context(self, context):

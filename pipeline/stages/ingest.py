@@ -92,8 +92,8 @@ def make_splits(
     }
     dropped = dict.fromkeys(SPLITS, 0)
     if cfg.drop_cross_split_duplicates:
-        keep, dropped = drop_duplicates({s: image_hashes(v[0]) for s, v in splits.items()})
-        splits = {s: (v[0][keep[s]], v[1][keep[s]]) for s, v in splits.items()}
+        masks, dropped = drop_duplicates({s: image_hashes(v[0]) for s, v in splits.items()})
+        splits = {s: (v[0][masks[s]], v[1][masks[s]]) for s, v in splits.items()}
     # Shuffle within each split (seeded) so shards are not ordered by class.
     for s, (sx, sy) in splits.items():
         order = _rng(seed, f"order-{s}").permutation(len(sy))
@@ -105,7 +105,7 @@ def check_raw(raw: RawDataset) -> None:
     """DatasetError unless images are uint8 NHWC with matching labels in range."""
     n = len(raw.class_names)
     for split, x, y in (("train", raw.train_x, raw.train_y), ("test", raw.test_x, raw.test_y)):
-        if x is None:
+        if x is None or y is None:
             continue
         if x.dtype != np.uint8 or x.ndim != 4 or len(x) != len(y):
             raise DatasetError(
@@ -218,7 +218,8 @@ def load_accepted(accepted_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | N
     files = [f for f in files if not f.name.startswith(".")]  # skip atomic-write temporaries
     if not files:
         return None
-    xs, ys = [], []
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
     for f in files:
         try:
             with np.load(f, allow_pickle=False) as data:

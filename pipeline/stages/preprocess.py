@@ -59,6 +59,7 @@ def run(cfg: PreprocessConfig, data_dir: str | Path, out_dir: str | Path) -> dic
             )
     mean, std = channel_stats(x_train)
 
+    shards: dict[str, list[dict]] = {}
     stats = {
         "image_shape": image_shape,
         "mean": mean,
@@ -67,11 +68,11 @@ def run(cfg: PreprocessConfig, data_dir: str | Path, out_dir: str | Path) -> dic
         "counts": {split: len(x) for split, (x, _) in splits.items()},
         "source_checksum": manifest.get("checksum"),
         "dtype": "uint8",
-        "shards": {},
+        "shards": shards,
     }
     with io.atomic_dir(out_dir) as tmp:
         for split, (x, y) in splits.items():
-            stats["shards"][split] = io.write_shards(tmp, split, x, y, shard_size=SHARD_SIZE, compress=False)
+            shards[split] = io.write_shards(tmp, split, x, y, shard_size=SHARD_SIZE, compress=False)
         shutil.copy2(data_dir / "manifest.json", tmp / "manifest.json")
         io.write_json(tmp / "stats.json", stats)
     return stats

@@ -108,8 +108,9 @@ def _outputs(backup_dir: Path, model_path: Path, metrics_path: Path, plots_dir: 
     from pipeline.ml import runtime
 
     backup_dir = Path(backup_dir)
-    if not runtime.is_chief():
-        kind, index = runtime.worker_task()
+    task = runtime.worker_task()
+    if task is not None and not runtime.is_chief():
+        kind, index = task
         backup_dir = backup_dir.with_name(f"{backup_dir.name}-{kind}{index}")
         scratch = backup_dir / "discarded"
         model_path, metrics_path, plots_dir = scratch / "model.keras", scratch / "train.json", scratch / "plots"
