@@ -1,7 +1,7 @@
 """The project modules a DVC stage's code imports, transitively (imports inside functions included).
 
 `dvc.yaml` must list exactly these files in each stage's `deps`, so that editing a module reruns exactly the
-stages that import it (tests/unit/test_stage_deps.py checks it). Print the expected lists with
+stages that import it (tests/unit/stages/test_stage_deps.py checks it). Print the expected lists with
 
     python -m tests.import_closure
 """

@@ -1,18 +1,11 @@
-"""Deploy stage: publish the registry's `champion` to S3 as an immutable release, then flip a pointer.
-
-Layout under s3://<bucket>/<prefix>/<model_name>/:
-
-    releases/v<version>/model.tflite     the served flatbuffer
-    releases/v<version>/labels.json      class names, index order
-    releases/v<version>/manifest.json    written last: sha256/bytes, input shape/dtype, metrics, lineage
-    champion/pointer.json                {"release", "version", "sha256", "published_at"}: what to serve
-    champion/previous.json               the pointer content it replaced (one-step rollback)
+"""Publish the registry's `champion` to S3 as an immutable release, then flip a pointer; fetch what it names.
 
 A release is complete only once its manifest exists, and the pointer is written only after every release
 object was uploaded and verified, so a failed publish leaves the previous deployment untouched. A single
 PUT replaces an S3 object atomically, so readers see either the old pointer or the new one.
 
-The S3 client, error messages and verified uploads live in `pipeline.delivery.s3`.
+The key layout lives in `pipeline.delivery.layout`; the S3 client, error messages and verified uploads in
+`pipeline.delivery.s3`.
 """
 
 from __future__ import annotations
@@ -25,6 +18,7 @@ import numpy as np
 from pipeline.core import clock, io
 from pipeline.core.config import DeployConfig, Params
 from pipeline.core.errors import StageError
+from pipeline.delivery.layout import RELEASE_FILES, pointer_key, previous_key, release_prefix, version_label
 from pipeline.delivery.s3 import (
     ensure_bucket,
     get_bytes,
@@ -40,42 +34,6 @@ from pipeline.delivery.s3 import (
 from pipeline.registry import store
 from pipeline.registry.aliases import CHAMPION
 from pipeline.registry.champion import load_by_alias
-
-RELEASE_FILES = ("model.tflite", "labels.json", "manifest.json")
-
-
-# --------------------------------------------------------------------------------------------- key layout
-
-
-def model_root(cfg: DeployConfig, model_name: str) -> str:
-    """'<prefix>/<model_name>' without leading/trailing slashes (just the model name when prefix is empty)."""
-    if not model_name or "/" in model_name:
-        raise StageError(f"invalid model name {model_name!r} for an S3 key")
-    prefix = cfg.prefix.strip("/")
-    return f"{prefix}/{model_name}" if prefix else model_name
-
-
-def release_prefix(cfg: DeployConfig, model_name: str, version: str) -> str:
-    """'<root>/releases/v<version>/': the key prefix of one immutable release."""
-    return f"{model_root(cfg, model_name)}/releases/v{_version(version)}/"
-
-
-def pointer_key(cfg: DeployConfig, model_name: str) -> str:
-    """The key of champion/pointer.json (what to serve)."""
-    return f"{model_root(cfg, model_name)}/champion/pointer.json"
-
-
-def previous_key(cfg: DeployConfig, model_name: str) -> str:
-    """The key of champion/previous.json (the pointer it replaced)."""
-    return f"{model_root(cfg, model_name)}/champion/previous.json"
-
-
-def _version(version) -> str:
-    v = str(version).strip()
-    v = v[1:] if v[:1] in ("v", "V") else v
-    if not v or "/" in v:
-        raise StageError(f"invalid model version {version!r}")
-    return v
 
 
 def read_pointer(cfg: DeployConfig, model_name: str, *, s3=None) -> dict | None:
@@ -222,7 +180,7 @@ def publish(
     re-publishing it with *different* bytes is refused (releases are immutable). Returns
     {"manifest", "release", "pointer", "objects": {file: s3 URL}, "version", "skipped": False}.
     """
-    version = _version(version)
+    version = version_label(version)
     what = f"{model_name} v{version}" if isinstance(tflite, bytes) else str(tflite)
     model_bytes, model = _load_model(tflite, what)
     class_names = [str(c) for c in class_names]

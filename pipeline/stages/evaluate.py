@@ -183,30 +183,19 @@ def run(
     champion = _champion(registry, x, y, chosen, cfg.batch_size)
     decision = decide(cfg, acc, classes, champion)
 
-    plots_dir = Path(plots_dir)
-    plots.confusion_matrix(
-        cm,
-        names,
-        plots_dir / "confusion_matrix.png",
-        f"{cfg.deploy_variant} on test ({len(y)} images): accuracy {acc[cfg.deploy_variant]:.4f}",
-    )
-    _write_confusion_csv(plots_dir / "confusion.csv", y, chosen, names)
-    variants = {k: {"accuracy": round(acc[k], 4), "latency_ms_batch1": round(latency[k], 4)} for k in acc}
+    title = f"{cfg.deploy_variant} on test ({len(y)} images): accuracy {acc[cfg.deploy_variant]:.4f}"
+    plots.confusion_matrix(cm, names, Path(plots_dir) / "confusion_matrix.png", title)
+    _write_confusion_csv(Path(plots_dir) / "confusion.csv", y, chosen, names)
     metrics = {
         "test_samples": len(y),
         "deploy_variant": cfg.deploy_variant,
         "accuracy": round(acc[cfg.deploy_variant], 4),
         "blessed": decision["blessed"],
-        "variants": variants,
+        "variants": {k: {"accuracy": round(acc[k], 4), "latency_ms_batch1": round(latency[k], 4)} for k in acc},
         "champion_accuracy": champion.get("accuracy") if champion else None,
     }
-    report = {
-        **metrics,
-        "per_class": classes,
-        "confusion_matrix": cm.tolist(),
-        "champion": champion,
-        "decision": decision,
-    }
+    report = {**metrics, "per_class": classes, "confusion_matrix": cm.tolist(), "champion": champion}
+    report["decision"] = decision
     io.write_json(report_path, report)
     io.write_json(metrics_path, metrics)
     return report

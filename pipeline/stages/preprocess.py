@@ -24,16 +24,8 @@ from pipeline.data.images import channel_stats, convert_channels
 SHARD_SIZE = 20_000
 
 
-def run(cfg: PreprocessConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
-    """Convert every split of `data_dir` into `out_dir` (atomically) with stats.json and a copy of manifest.json.
-
-    Reads: `data_dir/manifest.json` and the `{train,val,test,stream}-*.npz` shards (stream optional).
-    Writes: `out_dir/` with converted uncompressed shards, `stats.json` (shape, mean/std, class names) and
-    `manifest.json`.
-    """
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    manifest = io.read_json(data_dir / "manifest.json")
-
+def _converted_splits(cfg: PreprocessConfig, data_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every split present in `data_dir` (stream optional) in the model's channel layout."""
     splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split in SPLITS:
         try:
@@ -46,7 +38,11 @@ def run(cfg: PreprocessConfig, data_dir: str | Path, out_dir: str | Path) -> dic
             splits[split] = (convert_channels(x, cfg.channels), y)
         except ValueError as exc:
             raise StageError(f"{data_dir}: split {split!r}: {exc}") from exc
+    return splits
 
+
+def _image_shape(splits: dict[str, tuple[np.ndarray, np.ndarray]], data_dir: Path) -> list[int]:
+    """The common (H, W, C) of all splits; StageError for an empty train split or a split that differs."""
     x_train = splits["train"][0]
     if len(x_train) == 0:
         raise StageError(f"{data_dir}: the train split is empty; re-run `mlops ingest` / check `mlops validate`.")
@@ -57,7 +53,21 @@ def run(cfg: PreprocessConfig, data_dir: str | Path, out_dir: str | Path) -> dic
                 f"{data_dir}: split {split!r} has images {list(x.shape[1:])}, train has {image_shape}; "
                 "run `mlops validate` to find the bad rows."
             )
-    mean, std = channel_stats(x_train)
+    return image_shape
+
+
+def run(cfg: PreprocessConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
+    """Convert every split of `data_dir` into `out_dir` (atomically) with stats.json and a copy of manifest.json.
+
+    Reads: `data_dir/manifest.json` and the `{train,val,test,stream}-*.npz` shards (stream optional).
+    Writes: `out_dir/` with converted uncompressed shards, `stats.json` (shape, mean/std, class names) and
+    `manifest.json`.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    manifest = io.read_json(data_dir / "manifest.json")
+    splits = _converted_splits(cfg, data_dir)
+    image_shape = _image_shape(splits, data_dir)
+    mean, std = channel_stats(splits["train"][0])
 
     shards: dict[str, list[dict]] = {}
     stats = {

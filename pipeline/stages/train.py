@@ -223,17 +223,8 @@ def run(
     policy = runtime.configure_precision(cfg.mixed_precision)
     out, resuming = _outputs(backup_dir, model_path, metrics_path, plots_dir)
     history_csv = out["backup"] / "history.csv"
-    fit_inputs = _fit_inputs(
-        keras,
-        x_train,
-        y_train,
-        x_val,
-        y_val,
-        num_classes,
-        cfg.batch_size,
-        seed,
-        multi_worker=runtime.worker_task() is not None,
-    )
+    multi = runtime.worker_task() is not None
+    fit_inputs = _fit_inputs(keras, x_train, y_train, x_val, y_val, num_classes, cfg.batch_size, seed, multi)
     scope, strategy = runtime.distribution_scope()
     with scope:
         model = _compiled_model(keras, cfg, stats, num_classes, cfg.epochs * -(-len(x_train) // cfg.batch_size))

@@ -23,6 +23,38 @@ from pipeline.core.errors import StageError
 from pipeline.data import report as gx_report, suite, tables
 
 
+def _run_suite(cfg: ValidateConfig, checked: dict, suites: dict, docs_dir: Path, report_path: Path, manifest: dict):
+    """Run the GX checkpoint (data docs into `docs_dir`, atomically); if GX itself breaks, report that, re-raise."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with io.atomic_dir(docs_dir) as tmp_docs:
+                return suite.run_checkpoint(checked, suites, tmp_docs, partial_count=max(cfg.example_rows, 20))
+    except Exception as exc:  # GX itself broke: still leave a report saying so, then surface the real error
+        io.write_json(
+            report_path,
+            {
+                "success": False,
+                "rows": len(checked["images"]),
+                "error": f"{type(exc).__name__}: {exc}",
+                "statistics": {},
+                "failures": [],
+                "manifest_checksum": manifest.get("checksum"),
+            },
+        )
+        raise
+
+
+def _failure_message(failures: list[dict], statistics: dict, n_images: int, data_dir: Path, report: dict) -> str:
+    """The StageError text: every failed expectation with its example rows, then where the report is."""
+    evaluated = statistics["evaluated_expectations"]
+    head = f"data validation failed: {len(failures)} of {evaluated} expectations failed on {n_images} images in "
+    lines = [f"{head}{data_dir}:"]
+    lines += [line for f in failures for line in gx_report.format_failure(f)]
+    lines.append(f"report: {report['report']}  data docs: {report['docs']}")
+    return "\n".join(lines)
+
+
 def run(cfg: ValidateConfig, data_dir: str | Path, report_path: str | Path, docs_dir: str | Path) -> dict:
     """Validate the ingested shards; write report_path (always) and data docs; raise StageError on failure.
 
@@ -34,27 +66,7 @@ def run(cfg: ValidateConfig, data_dir: str | Path, report_path: str | Path, docs
     manifest = tables.read_manifest(data_dir)
     images, classes = tables.build_image_table(data_dir)
     checked = {"images": images, "classes": classes, "splits": tables.split_table(images, manifest)}
-    suites = suite.build_suite(cfg, manifest)
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with io.atomic_dir(docs_dir) as tmp_docs:
-                results = suite.run_checkpoint(checked, suites, tmp_docs, partial_count=max(cfg.example_rows, 20))
-    except Exception as exc:  # GX itself broke: still leave a report saying so, then surface the real error
-        io.write_json(
-            report_path,
-            {
-                "success": False,
-                "rows": len(images),
-                "error": f"{type(exc).__name__}: {exc}",
-                "statistics": {},
-                "failures": [],
-                "manifest_checksum": manifest.get("checksum"),
-            },
-        )
-        raise
-
+    results = _run_suite(cfg, checked, suite.build_suite(cfg, manifest), docs_dir, report_path, manifest)
     statistics = gx_report.statistics(results)
     failures = gx_report.failures(results, checked, list(manifest["class_names"]), cfg.example_rows)
     report = {
@@ -68,15 +80,9 @@ def run(cfg: ValidateConfig, data_dir: str | Path, report_path: str | Path, docs
     }
     io.write_json(report_path, report)
     if failures:
-        lines = [
-            (
-                f"data validation failed: {len(failures)} of {statistics['evaluated_expectations']} expectations "
-                f"failed on {len(images)} images in {data_dir}:"
-            )
-        ]
-        lines += [line for f in failures for line in gx_report.format_failure(f)]
-        lines.append(f"report: {report_path}  data docs: {docs_dir / 'index.html'}")
-        raise StageError("\n".join(lines))
+        raise StageError(
+            _failure_message(failures, statistics, len(images), data_dir, {**report, "report": report_path})
+        )
     return report
 
 

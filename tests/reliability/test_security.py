@@ -180,7 +180,7 @@ def _audit_tags(client, name: str) -> dict[str, str]:
 def test_promotion_records_the_approver_and_the_audit_trail_is_append_only(mlflow_store, tmp_path):
     from pipeline.registry import promotion as promote
     from pipeline.registry import store as registry
-    from tests.unit.test_promote import NAME, _version
+    from tests.unit.registry.test_promotion import NAME, _version
 
     write_yaml(tmp_path / "params.yaml", {"register": {"model_name": NAME}})
     client = registry.client()
