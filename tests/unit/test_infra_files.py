@@ -313,17 +313,18 @@ def test_stack_script_keeps_its_python_in_a_self_contained_module():
     assert not re.search(r"python\"?\s+-\s", script), "stack.sh runs Python from stdin"
     assert '"$HERE/stackctl.py"' in script
     assert len(script.splitlines()) < 300, "stack.sh grew past 300 lines: move logic into stackctl.py"
-    tree = ast.parse((LOCAL / "stackctl.py").read_text())
-    top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
-    top |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
-    anywhere = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    anywhere |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
-    assert not anywhere & {"pipeline", "flows", "tests", "bench"}, "stackctl.py must not import project code"
-    # status/down/check-ports run on a bare python3: the module level imports the standard library only
-    assert top - {"__future__"} <= sys.stdlib_module_names, top - sys.stdlib_module_names
-    assert anywhere - top <= {"boto3", "botocore", "dvc"}, anywhere - top
+    for module, siblings in (("stackctl.py", {"stack_services"}), ("stack_services.py", set())):
+        tree = ast.parse((LOCAL / module).read_text())
+        top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+        top |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+        anywhere = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        anywhere |= {node.module.split(".")[0] for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        assert not anywhere & {"pipeline", "flows", "tests", "bench"}, f"{module} must not import project code"
+        # status/down/check-ports run on a bare python3: the module level imports the standard library only
+        assert top - {"__future__"} - siblings <= sys.stdlib_module_names, (module, top - sys.stdlib_module_names)
+        assert anywhere - top <= {"boto3", "botocore", "dvc"}, (module, anywhere - top)
 
 
 def test_service_table_keeps_the_state_layout_and_variables_of_the_stack(stackctl):
@@ -373,7 +374,7 @@ def test_status_and_down_read_the_table_and_signal_only_their_own_process_groups
         service("gone", "Stopped thing", None, "run/gone.pid", "stackctl-test-marker", 2, "ok", "{s3}", "{s3}"),
         service("stale", "Stale thing", None, "run/stale.pid", "no-such-marker", 2, "ok", "{s3}", "{s3}"),
     )
-    monkeypatch.setattr(stackctl, "SERVICES", fake)
+    monkeypatch.setattr(sys.modules[stackctl.Stack.__module__], "SERVICES", fake)  # the table Stack reads
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     child = _detached("stackctl-test-marker")
@@ -413,7 +414,7 @@ def test_status_and_down_read_the_table_and_signal_only_their_own_process_groups
 def test_wait_fails_with_the_log_tail_when_a_service_exits_during_start_up(stackctl, tmp_path, monkeypatch, capsys):
     service = stackctl.Service("flaky", "Flaky thing", None, "run/flaky.pid", "stackctl-test-marker", 2, "ok",
                                "{s3}/health", "{s3}")
-    monkeypatch.setattr(stackctl, "SERVICES", (service,))
+    monkeypatch.setattr(sys.modules[stackctl.Stack.__module__], "SERVICES", (service,))
     (tmp_path / "run").mkdir()
     (tmp_path / "logs").mkdir()
     stack = stackctl.Stack(tmp_path, {"S3_PORT": _free_port(), "MLFLOW_PORT": 1, "PREFECT_PORT": 2}, "p", 30, "x")
