@@ -34,7 +34,7 @@ dataset:  ## Fashion-MNIST from Debian (offline-capable); elsewhere set ingest.s
 	fi
 
 test: setup dataset  ## the full test suite (unit, data, model, integration)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-fast: setup  ## everything but the integration tier
 	$(BIN)/python -m pytest -q -m "not integration"
