@@ -7,17 +7,12 @@ never overwritten (n increments), and (2) its own MLflow run in the `<model>-aud
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 
+from pipeline.core import clock
 from pipeline.core.errors import StageError
-
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+from pipeline.registry.aliases import ALL as ALIASES, CHALLENGER, CHAMPION, PREVIOUS
 
 
 def _run_metrics(client, version) -> dict[str, float]:
@@ -110,7 +105,8 @@ def _audit(client, model_name: str, action: str, by: str, reason: str, versions:
 
     from pipeline.registry import store as registry
 
-    record = {"action": action, "by": by, "at": _now(), "reason": reason, "versions": versions, "diff": diff or {}}
+    record = {"action": action, "by": by, "at": clock.utc_iso(), "reason": reason, "versions": versions}
+    record["diff"] = diff or {}
     for version_no in {v for v in versions.values() if v is not None}:
         version = client.get_model_version(model_name, version_no)
         n = _next_audit_index(version)
@@ -209,5 +205,5 @@ def aliases(model_name: str) -> dict[str, str | None]:
 
     return {
         alias: (str(v.version) if (v := registry.version_by_alias(model_name, alias)) else None)
-        for alias in (CHAMPION, CHALLENGER, PREVIOUS)
+        for alias in ALIASES
     }
