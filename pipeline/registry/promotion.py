@@ -204,6 +204,5 @@ def aliases(model_name: str) -> dict[str, str | None]:
     from pipeline.registry import store as registry
 
     return {
-        alias: (str(v.version) if (v := registry.version_by_alias(model_name, alias)) else None)
-        for alias in ALIASES
+        alias: (str(v.version) if (v := registry.version_by_alias(model_name, alias)) else None) for alias in ALIASES
     }
