@@ -12,6 +12,7 @@ import re
 
 from pipeline.core import clock
 from pipeline.core.errors import StageError
+from pipeline.registry import store
 from pipeline.registry.aliases import ALL as ALIASES, CHALLENGER, CHAMPION, PREVIOUS
 
 
@@ -42,13 +43,11 @@ def _summary(client, version) -> dict:
 
 def compare(model_name: str) -> dict:
     """Challenger vs champion: metrics, per-class deltas, size, latency, McNemar p, lineage."""
-    from pipeline.registry import store as registry
-
-    client = registry.client()
-    challenger = registry.version_by_alias(model_name, CHALLENGER)
+    client = store.client()
+    challenger = store.version_by_alias(model_name, CHALLENGER)
     if challenger is None:
         raise StageError(f"{model_name}: no '{CHALLENGER}' version to review; run the training pipeline first.")
-    champion = registry.version_by_alias(model_name, CHAMPION)
+    champion = store.version_by_alias(model_name, CHAMPION)
     new = _summary(client, challenger)
     old = _summary(client, champion) if champion else None
     diff = {}
@@ -103,8 +102,6 @@ def _audit(client, model_name: str, action: str, by: str, reason: str, versions:
     """Append one audit record: tags on each involved version (new index) + an immutable MLflow run."""
     import mlflow
 
-    from pipeline.registry import store as registry
-
     record = {"action": action, "by": by, "at": clock.utc_iso(), "reason": reason, "versions": versions}
     record["diff"] = diff or {}
     for version_no in {v for v in versions.values() if v is not None}:
@@ -118,7 +115,7 @@ def _audit(client, model_name: str, action: str, by: str, reason: str, versions:
             ("versions", json.dumps(versions)),
         ):
             client.set_model_version_tag(model_name, version_no, f"audit.{n}.{key}", value)
-    experiment_id = registry.ensure_experiment(f"{model_name}-audit")
+    experiment_id = store.ensure_experiment(f"{model_name}-audit")
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=f"{action}-by-{by}",
@@ -130,10 +127,8 @@ def _audit(client, model_name: str, action: str, by: str, reason: str, versions:
 
 def _pending_challenger(model_name: str, by: str, action: str):
     """The `challenger` version a decision is about (after checking the approver's name), or StageError."""
-    from pipeline.registry import store as registry
-
     _require_name(by)
-    challenger = registry.version_by_alias(model_name, CHALLENGER)
+    challenger = store.version_by_alias(model_name, CHALLENGER)
     if challenger is None:
         raise StageError(f"{model_name}: no '{CHALLENGER}' to {action}.")
     return challenger
@@ -141,14 +136,12 @@ def _pending_challenger(model_name: str, by: str, action: str):
 
 def approve(model_name: str, by: str, reason: str) -> dict:
     """Champion ← challenger (previous ← old champion). Refuses anything evaluation did not bless."""
-    from pipeline.registry import store as registry
-
     challenger = _pending_challenger(model_name, by, "approve")
-    client = registry.client()
+    client = store.client()
     if challenger.tags.get("eval.blessed") != "true":
         raise StageError(f"{model_name} v{challenger.version} was not blessed by evaluation; it cannot be promoted.")
     cmp = compare(model_name)
-    champion = registry.version_by_alias(model_name, CHAMPION)
+    champion = store.version_by_alias(model_name, CHAMPION)
     if champion is not None:
         client.set_registered_model_alias(model_name, PREVIOUS, champion.version)
     client.set_registered_model_alias(model_name, CHAMPION, challenger.version)
@@ -160,10 +153,8 @@ def approve(model_name: str, by: str, reason: str) -> dict:
 
 def reject(model_name: str, by: str, reason: str) -> dict:
     """Tag the challenger as rejected and withdraw its alias; the version stays in the registry."""
-    from pipeline.registry import store as registry
-
     challenger = _pending_challenger(model_name, by, "reject")
-    client = registry.client()
+    client = store.client()
     client.set_model_version_tag(model_name, challenger.version, "promotion.decision", "rejected")
     client.delete_registered_model_alias(model_name, CHALLENGER)
     return _audit(client, model_name, "reject", by, reason, {"challenger": str(challenger.version)}, None)
@@ -171,12 +162,10 @@ def reject(model_name: str, by: str, reason: str) -> dict:
 
 def rollback(model_name: str, by: str, reason: str) -> dict:
     """Champion ← previous; the rolled-back version becomes `previous` (so a second rollback undoes it)."""
-    from pipeline.registry import store as registry
-
     _require_name(by)
-    client = registry.client()
-    previous = registry.version_by_alias(model_name, PREVIOUS)
-    champion = registry.version_by_alias(model_name, CHAMPION)
+    client = store.client()
+    previous = store.version_by_alias(model_name, PREVIOUS)
+    champion = store.version_by_alias(model_name, CHAMPION)
     if previous is None or champion is None:
         raise StageError(f"{model_name}: rollback needs both '{CHAMPION}' and '{PREVIOUS}' aliases.")
     client.set_registered_model_alias(model_name, CHAMPION, previous.version)
@@ -189,9 +178,7 @@ def history(model_name: str) -> list[dict]:
     """Every audit record, oldest first, from the audit experiment's runs."""
     import mlflow
 
-    from pipeline.registry import store as registry
-
-    client = registry.client()
+    client = store.client()
     exp = client.get_experiment_by_name(f"{model_name}-audit")
     if exp is None:
         return []
@@ -201,8 +188,4 @@ def history(model_name: str) -> list[dict]:
 
 def aliases(model_name: str) -> dict[str, str | None]:
     """The version each alias names (None when unset)."""
-    from pipeline.registry import store as registry
-
-    return {
-        alias: (str(v.version) if (v := registry.version_by_alias(model_name, alias)) else None) for alias in ALIASES
-    }
+    return {alias: (str(v.version) if (v := store.version_by_alias(model_name, alias)) else None) for alias in ALIASES}
