@@ -8,6 +8,8 @@ champion moves (audited) → S3 release published → the server answers with th
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import subprocess
 import time
@@ -67,6 +69,7 @@ def stack(tmp_path, monkeypatch):
     logs = tmp_path / "logs"
     logs.mkdir()
     procs = []
+    contexts = contextlib.ExitStack()
     try:
         services.up()
         env = {**services.client_env(), "MLOPS_PROJECT_DIR": str(work)}
@@ -74,6 +77,12 @@ def stack(tmp_path, monkeypatch):
             run(["prefect", "deployment", "schedule", "clear", name, "-y"], work, env)
         for k, v in env.items():
             monkeypatch.setenv(k, v)
+        # Prefect reads its settings from the environment once per process, when first imported: a test that
+        # imported prefect earlier (e.g. tests/unit/test_infra_files.py) would keep this process on an ephemeral
+        # server. Point the test's own Prefect client at the stack's server explicitly.
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        contexts.enter_context(temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}))
 
         def start(name, cmd):
             proc = subprocess.Popen(cmd, cwd=work, env=tool_env(env), stdout=open(logs / f"{name}.log", "w"),
@@ -85,6 +94,7 @@ def stack(tmp_path, monkeypatch):
     finally:
         for proc in reversed(procs):
             stop_group(proc)
+        contexts.close()
         result = services.sh("down", timeout=120)
         assert result.returncode == 0, result.stderr
 
