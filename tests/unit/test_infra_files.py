@@ -35,6 +35,11 @@ COMPOSE = ROOT / "infra" / "compose" / "docker-compose.yml"
 K8S = ROOT / "infra" / "k8s"
 GPU_TEMPLATE = K8S / "prefect-gpu-base-job-template.json"
 LOCAL = ROOT / "infra" / "local"
+ROOT_DEPLOYMENTS = ROOT / "prefect.yaml"
+REMOTE_DEPLOYMENTS = ROOT / "infra" / "prefect-remote.yaml"  # the deployments of compose and k8s (a git token)
+DOCKERFILE = ROOT / "infra" / "compose" / "Dockerfile"
+GIT_CLONE = "prefect.deployments.steps.git_clone"
+TOKEN_BLOCK = "mlops-git-token"  # the Prefect Secret block the pull step reads the git token from
 SHELL_SCRIPTS = sorted({*ROOT.glob("infra/**/*.sh"), *ROOT.glob("bench/*.sh"), ROOT / ".ci" / "run"})
 K8S_VERSION = "1.31"
 STACK_NAMES = {"MLFLOW_TRACKING_URI", "PREFECT_API_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
@@ -99,6 +104,7 @@ def test_compose_workers_use_the_local_stack_variable_names_and_a_gpu_profile(co
         assert set(env) >= STACK_NAMES, f"{name} lacks {STACK_NAMES - set(env)}"
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+        assert "s3://dvc-store/" in env["MLOPS_DVC_REMOTE"]  # the DVC remote each fresh clone is given
     gpu = services["worker-gpu"]
     assert gpu["profiles"] == ["gpu"] and "profiles" not in services["worker"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
@@ -117,12 +123,39 @@ def test_compose_secrets_come_only_from_the_env_file(compose):
     for name, svc in compose["services"].items():
         env = svc.get("environment") or {}
         for key, value in env.items():
-            if "SECRET" in key or "PASSWORD" in key:
+            if "SECRET" in key or "PASSWORD" in key or "TOKEN" in key:
                 assert str(value).startswith("${"), f"{name}: {key} must come from the env file"
         for port in svc.get("ports") or []:
             assert str(port).startswith("127.0.0.1:"), f"{name}: port {port} must bind to 127.0.0.1 only"
     gitignore = (ROOT / ".gitignore").read_text().split()
     assert ".env" in gitignore  # infra/compose/.env and infra/local/.env stay out of git
+
+
+def test_compose_has_no_shared_workspace(compose):
+    """Flow runs clone the git remote into a fresh directory: no workspace volume, no MLOPS_PROJECT_DIR."""
+    text = COMPOSE.read_text()
+    for name in ("MLOPS_PROJECT_DIR", "MLOPS_WORKSPACE", "/workspace", "MLOPS_UID"):
+        assert name not in text, f"docker-compose.yml still names {name}"
+    assert "MLOPS_WORKSPACE" not in (COMPOSE.parent / ".env.example").read_text()
+    for name in ("worker", "worker-gpu", "prefect-setup"):
+        assert not compose["services"][name].get("volumes"), f"{name} mounts a volume"
+    assert "/workspace" not in DOCKERFILE.read_text()
+
+
+def test_compose_setup_stores_the_git_token_and_deploys_the_remote_file(compose):
+    setup = compose["services"]["prefect-setup"]
+    command = " ".join(setup["command"])
+    assert f".save('{TOKEN_BLOCK}', overwrite=True)" in command and "os.environ['GIT_TOKEN']" in command
+    assert "deploy --prefect-file infra/prefect-remote.yaml --all" in command
+    env = setup["environment"]
+    assert env["MLOPS_GIT_REMOTE"].startswith("${MLOPS_GIT_REMOTE:?")  # required, from the env file
+    assert env["GIT_TOKEN"].startswith("${GIT_TOKEN")
+    # the image holds what the one-shots deploy from, in the directory they run in, and git for the clone
+    dockerfile = DOCKERFILE.read_text()
+    assert setup["working_dir"] == "/opt/mlops" and "WORKDIR /opt/mlops" in dockerfile
+    for path in ("flows", "infra/prefect-remote.yaml", "infra/k8s/prefect-gpu-base-job-template.json"):
+        assert re.search(rf"^COPY {re.escape(path)} ", dockerfile, flags=re.M), f"the image lacks {path}"
+    assert re.search(r"apt-get install [^\n]*\bgit\b", dockerfile)
 
 
 def test_docker_compose_config_accepts_the_file(tmp_path):
@@ -200,6 +233,35 @@ def test_k8s_references_resolve():
     assert {"MLFLOW_BACKEND_STORE_URI", "AWS_SECRET_ACCESS_KEY"} <= {e["name"] for e in mlflow["env"]}
     assert STACK_NAMES - {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= configmaps["mlops-s3"]
     assert secrets["mlops-s3-credentials"] == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert {"MLOPS_DVC_REMOTE", "MLOPS_GIT_REMOTE"} <= configmaps["mlops-s3"]
+    assert secrets["mlops-git"] == {"GIT_TOKEN"}
+
+
+def test_k8s_setup_job_stores_the_git_token_and_deploys_the_remote_file():
+    jobs = {d["metadata"]["name"]: d for _, d in _k8s_docs() if d["kind"] == "Job"}
+    container = jobs["prefect-setup"]["spec"]["template"]["spec"]["containers"][0]
+    script = " ".join(container["args"])
+    assert f".save('{TOKEN_BLOCK}', overwrite=True)" in script and "os.environ['GIT_TOKEN']" in script
+    assert "deploy --prefect-file infra/prefect-remote.yaml --all" in script
+    assert "--base-job-template infra/k8s/prefect-gpu-base-job-template.json" in script
+    assert container["workingDir"] == "/opt/mlops"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["GIT_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "mlops-git", "key": "GIT_TOKEN"}
+    assert env["MLOPS_GIT_REMOTE"]["valueFrom"]["configMapKeyRef"]["key"] == "MLOPS_GIT_REMOTE"
+    assert env["MLOPS_WORK_POOL"]["value"] == "mlops-k8s-gpu"
+    assert {"PREFECT_API_URL"} <= set(env)
+
+
+def test_k8s_has_no_shared_workspace():
+    for path in K8S.iterdir():
+        assert "MLOPS_PROJECT_DIR" not in path.read_text(), path.name
+    for _, doc in _k8s_docs():
+        for spec in _pod_specs(doc):
+            for volume in spec.get("volumes") or []:
+                assert not {"persistentVolumeClaim", "hostPath", "nfs"} & set(volume), volume
+    pod = _rendered_gpu_job()["spec"]["template"]["spec"]
+    shared = [v for v in pod["volumes"] if not {"emptyDir"} >= set(v) - {"name"}]
+    assert not shared, f"the flow-run pod mounts more than its own emptyDirs: {shared}"
 
 
 @pytest.mark.skipif(kubernetes_validate is None, reason="kubernetes-validate not installed (structural checks ran)")
@@ -246,6 +308,11 @@ def test_gpu_job_requests_the_gpus_and_reads_s3_settings_from_the_cluster():
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     refs = {next(iter(v.values()))["name"] for v in container["envFrom"]}
     assert refs == {"mlops-s3", "mlops-s3-credentials"}
+    # what the flow in the empty pod needs: the DVC remote of its clone, MLflow, S3 (the git token reaches the
+    # pull step through the Prefect Secret block, not the pod's environment)
+    docs = [d for _, d in _k8s_docs()]
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mlops-s3")["data"]
+    assert {"MLOPS_DVC_REMOTE", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"} <= set(configmap)
     assert _pinned(container["image"])
     assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
     if kubernetes_validate is not None:
@@ -258,6 +325,54 @@ def test_gpu_job_requests_the_gpus_and_reads_s3_settings_from_the_cluster():
         for key in ("parallelism", "completions"):
             job["spec"][key] = pod.pop(key)
         kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+# ----------------------------------------------------------------------------------------------- deployments
+
+
+def _deployments(path: Path) -> tuple[dict, dict]:
+    config = yaml.safe_load(path.read_text())  # as `prefect deploy` reads it (PyYAML: anchors resolved)
+    return config, {d["name"]: d for d in config["deployments"]}
+
+
+def test_remote_deployments_are_the_root_deployments_with_a_token():
+    root, root_deps = _deployments(ROOT_DEPLOYMENTS)
+    remote, remote_deps = _deployments(REMOTE_DEPLOYMENTS)
+    assert remote_deps.keys() == root_deps.keys()
+    for name, dep in remote_deps.items():
+        mine = {k: v for k, v in dep.items() if k != "work_pool"}
+        theirs = {k: v for k, v in root_deps[name].items() if k != "work_pool"}
+        assert mine == theirs, f"{name}: differs from prefect.yaml beyond its work pool"
+        assert dep["parameters"]["remote"] == "origin"
+        assert dep["work_pool"]["name"] == "{{ $MLOPS_WORK_POOL }}"
+        assert "pull" not in dep and "pull" not in root_deps[name]  # the top-level pull applies to each
+    (root_step,) = root["pull"]
+    (remote_step,) = remote["pull"]
+    clone = remote_step[GIT_CLONE]
+    assert clone == {**root_step[GIT_CLONE], "access_token": f"{{{{ prefect.blocks.secret.{TOKEN_BLOCK} }}}}"}
+    assert clone["repository"] == "{{ $MLOPS_GIT_REMOTE }}"
+
+
+def test_remote_pull_step_keeps_the_token_reference_at_deploy_time(monkeypatch):
+    """What `prefect deploy` stores (prefect/cli/deploy/_core.py: the pull steps get `apply_values` with the
+    environment for `{{ $VAR }}`; block references are left for the pull step to resolve at run time)."""
+    from prefect.utilities.templating import apply_values
+
+    monkeypatch.setenv("MLOPS_GIT_REMOTE", "https://git.example.com/org/repo.git")
+    (step,) = apply_values(yaml.safe_load(REMOTE_DEPLOYMENTS.read_text())["pull"], {}, remove_notset=False)
+    assert step[GIT_CLONE]["repository"] == "https://git.example.com/org/repo.git"
+    assert step[GIT_CLONE]["access_token"] == f"{{{{ prefect.blocks.secret.{TOKEN_BLOCK} }}}}"
+
+
+def test_git_clone_puts_the_token_into_the_clone_url():
+    """git_clone(access_token=...) → GitRepository(credentials={"access_token": ...}): the URL it clones, which
+    stays the clone's `origin` (the flow fetches from and pushes to it)."""
+    from prefect.runner.storage import GitRepository
+
+    url = GitRepository(url="https://github.com/org/repo.git", credentials={"access_token": "t0k"})
+    assert url._repository_url_with_credentials == "https://t0k@github.com/org/repo.git"
+    assert GitRepository(url="file:///srv/repo.git", credentials={})._repository_url_with_credentials == (
+        "file:///srv/repo.git")
 
 
 # ----------------------------------------------------------------------------------------------- local stack
