@@ -1,15 +1,25 @@
-"""Shared flow plumbing: run DVC commands with output streamed to the Prefect log, one workspace at a time."""
+"""Shared flow plumbing: one workspace at a time (the subprocess helpers live in pipeline.core.process)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from pipeline.core.process import run_streaming
+from pipeline.versioning.workspace import dvc_remote_configured
+
+__all__ = [
+    "WorkspaceBusy",
+    "dvc_remote_configured",
+    "require_shared_mlflow",
+    "run_name",
+    "run_streaming",
+    "workspace_lock",
+]
 
 
 class WorkspaceBusy(RuntimeError):
@@ -48,33 +58,17 @@ def workspace_lock(project_dir: Path, wait_seconds: float = 0.0) -> Iterator[Non
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def tool_env() -> dict[str, str]:
-    """Environment for subprocesses: this interpreter's bin first on PATH (so `dvc` and `mlops` match)."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
+def require_shared_mlflow() -> None:
+    """A run in a throw-away clone must log to a shared MLflow server: the embedded store would vanish with it."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise RuntimeError(
+            "this run works in a fresh clone that is deleted afterwards: set MLFLOW_TRACKING_URI to the shared "
+            "MLflow server on the worker (infra/local/stack.sh env), or run without `remote` in a workspace."
+        )
 
 
-def run_streaming(cmd: list[str], cwd: Path, log) -> str:
-    """Run `cmd`, sending each output line to `log(line)`; return the output; raise on failure."""
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    )
-    lines = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line and not line.startswith(("I0000", "W0000", "WARNING: All log messages")):
-            lines.append(line)
-            log(line)
-    code = proc.wait()
-    if code != 0:
-        tail = "\n".join(lines[-25:])
-        raise RuntimeError(f"`{' '.join(cmd)}` failed with exit code {code}:\n{tail}")
-    return "\n".join(lines)
+def run_name() -> str:
+    """This flow run's name plus the start of its id (unique: its commit goes on branch runs/<this>)."""
+    from prefect.runtime import flow_run
 
-
-def dvc_remote_configured(project_dir: Path) -> bool:
-    """True when the workspace has a DVC remote (so a push has somewhere to go)."""
-    out = subprocess.run(["dvc", "remote", "list"], cwd=project_dir, env=tool_env(), capture_output=True, text=True)
-    return out.returncode == 0 and bool(out.stdout.strip())
+    return f"{flow_run.name or 'run'}-{str(flow_run.id or '')[:8]}".rstrip("-")

@@ -62,6 +62,14 @@ def decide(model_name: str, decision: Approval) -> dict:
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 30])
+def champion_branch(project_dir: str, model_name: str, remote: str | None) -> str | None:
+    """Move git branch `champion` to the approved version's run commit (pushed to `remote` when given)."""
+    from pipeline.versioning.commit import move_champion_branch
+
+    return move_champion_branch(Path(project_dir), model_name, remote, get_run_logger().info)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 30])
 def deploy(project_dir: str) -> dict:
     """Publish the new champion to S3 (safe to retry: the pointer flips only after a complete upload)."""
     from pipeline.delivery import releases
@@ -72,9 +80,15 @@ def deploy(project_dir: str) -> dict:
 
 @flow(name="promotion", log_prints=True)
 def promotion_flow(
-    model_name: str | None = None, project_dir: str = ".", timeout_s: int = 7 * 24 * 3600, publish: bool = True
+    model_name: str | None = None,
+    project_dir: str = ".",
+    timeout_s: int = 7 * 24 * 3600,
+    publish: bool = True,
+    remote: str | None = None,
 ) -> dict:
-    """Review → pause for approval → approve (champion moves, audited, deployed) or reject (tagged)."""
+    """Review → pause for approval → approve (champion alias + `champion` branch move, audited, deployed) or
+    reject (tagged). `remote`: the git remote whose `champion` branch follows (the deployments: origin).
+    """
     root, params = _project(project_dir)
     model_name = model_name or params.register_.model_name
     logger = get_run_logger()
@@ -94,6 +108,8 @@ def promotion_flow(
     )
     record = decide(model_name, decision)
     result = {"decision": record["action"], "audit": record}
+    if decision.approve:
+        result["champion_commit"] = champion_branch(str(root), model_name, remote)
     if decision.approve and publish:
         result["deployment"] = deploy(str(root))
     return result

@@ -1,13 +1,16 @@
-"""Training flow: one Prefect task per DVC stage (`dvc repro <stage>`), strictly sequential.
+"""Training flow: a run is a fresh clone and ends as a commit. One Prefect task per DVC stage, sequential.
 
-DVC decides what is up to date, so Prefect result caching is off. Overrides are written into params.yaml
-(comments kept, validated first) so params.yaml and dvc.lock stay consistent. Ends with a metrics
-artifact, `dvc push` when a remote exists, and — when a new challenger was registered — the promotion
-flow's deployment, where a human approves or rejects it.
+With `remote` (the deployments: the pull step cloned the repo into an empty directory) the run checks out the
+last successful run's commit (`runs/latest`, default branch merged in) and `dvc pull`s its data, so a run with
+nothing new reruns nothing and registers nothing. DVC decides what is up to date (Prefect caching is off).
+Overrides are written into params.yaml (validated first). A run that registered a version commits params.yaml,
+dvc.lock and the uncached outputs on runs/<flow run>, pushes git + DVC (run cache too), tags the version with
+that commit and only then sets `challenger` and starts the promotion deployment, where a human decides.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -16,8 +19,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import dvc_remote_configured, run_streaming, workspace_lock
+from flows.common import require_shared_mlflow, run_name, run_streaming, workspace_lock
 from pipeline.registry.aliases import CHALLENGER
+from pipeline.versioning.workspace import Base, checkout_base, configure_dvc_remote, dvc_pull
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -33,16 +37,6 @@ def repro_stage(stage: str, project_dir: str) -> bool:
     logger = get_run_logger()
     output = run_streaming(["dvc", "repro", "--single-item", stage], Path(project_dir), logger.info)
     return f"Running stage '{stage}'" in output
-
-
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
-def dvc_push(project_dir: str) -> bool:
-    """Push data and models to the DVC remote (safe to retry: content-addressed)."""
-    if not dvc_remote_configured(Path(project_dir)):
-        get_run_logger().info("no DVC remote configured; skipping dvc push")
-        return False
-    run_streaming(["dvc", "push"], Path(project_dir), get_run_logger().info)
-    return True
 
 
 def _read(path: Path) -> dict:
@@ -86,29 +80,64 @@ def summary_markdown(project_dir: Path, ran: dict[str, bool], paths: PathsConfig
     return "\n".join(lines)
 
 
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 30])
+def prepare(project_dir: str, remote: str) -> Base:
+    """Check out the base commit (last successful run, default branch merged in) and `dvc pull` its data."""
+    from pipeline.versioning.git import Git
+
+    root, log = Path(project_dir), get_run_logger().info
+    require_shared_mlflow()
+    base = checkout_base(Git(root), remote, log)
+    configure_dvc_remote(root, log)
+    dvc_pull(root, log)
+    return base
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60])
+def commit(project_dir: str, name: str, remote: str | None, base: Base | None) -> dict:
+    """Commit the run, push git + DVC, tag the version, then `challenger` (safe to retry: idempotent)."""
+    from pipeline.core.config import load_params
+    from pipeline.versioning.commit import commit_run
+
+    root = Path(project_dir)
+    return commit_run(root, load_params(root / "params.yaml"), name, remote, base, get_run_logger().info)
+
+
 @flow(name="training", log_prints=True)
 def training_flow(
     overrides: dict[str, Any] | None = None,
     project_dir: str = ".",
     promote: bool = True,
     wait_for_workspace_s: float = 600.0,
+    remote: str | None = None,
 ) -> dict:
-    """Run the DVC pipeline stage by stage; start the promotion review when a new challenger exists."""
+    """Run the DVC pipeline stage by stage; when it registered a version, commit + push the run, then review.
+
+    `remote` (a git remote name or URL, e.g. `origin` in the deployments' fresh clone): start from the last
+    successful run's commit there and push the result back. Without it, the run happens in `project_dir` as it
+    is (one run at a time) and its commit stays local.
+    """
     from pipeline.core.config import load_params, update_params
+    from pipeline.registry import store
 
     root = Path(project_dir).resolve()
+    store.use_project(root)
     logger = get_run_logger()
-    with workspace_lock(root, wait_for_workspace_s):
+    name = run_name()
+    with contextlib.nullcontext() if remote else workspace_lock(root, wait_for_workspace_s):
+        base = prepare(str(root), remote) if remote else None
         if overrides:
             update_params(root / "params.yaml", overrides)
             logger.info("params.yaml updated: %s", overrides)
         ran = {stage: repro_stage(stage, str(root)) for stage in STAGES}
-        pushed = dvc_push(str(root))
+        committed = commit(str(root), name, remote, base) if ran["register"] else None
+    if committed is None:
+        logger.info("nothing new: every stage was up to date, nothing registered or committed")
     paths = load_params(root / "params.yaml").paths
-    record = _read(root / paths.registration)
+    record = {**_read(root / paths.registration), **(committed or {})}
     create_markdown_artifact(summary_markdown(root, ran, paths), key="training-summary", description="Training run")
-    result = {"ran": ran, "pushed": pushed, "registration": record}
-    if promote and ran["register"] and record.get("alias") == CHALLENGER:
+    result = {"ran": ran, "base": base and base.commit, "registration": record if committed else None}
+    if promote and committed and committed.get("alias") == CHALLENGER:
         result["promotion_flow_run"] = start_promotion(record["model_name"])
     return result
 

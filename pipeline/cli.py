@@ -8,7 +8,9 @@ great_expectations, mlflow) are imported inside functions, so `mlops --help` sta
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -17,11 +19,14 @@ import typer
 from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, fail, load, path_or
 from pipeline.core.config import Params
 from pipeline.stages import compress, evaluate, ingest, preprocess, register, train, validate
+from pipeline.versioning import cli as versioning_cli
 
 app = typer.Typer(help="Image-classification MLOps pipeline (DVC stages, MLflow registry).", no_args_is_help=True)
 
 for _stage in (ingest, validate, preprocess, train, compress, evaluate, register):
     app.command(_stage.__name__.rsplit(".", 1)[-1])(_stage.command)
+app.command("commit-run")(versioning_cli.commit_run_command)
+app.command("reproduce")(versioning_cli.reproduce_command)
 
 
 @app.command()
@@ -34,7 +39,10 @@ def simulate(
         Path | None,
         typer.Option(help="Ingested shards directory, its stream split is the source (default: paths.ingested)."),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Incoming directory (default: paths.incoming).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Incoming directory (default: the monitor.inbox S3 prefix when set, else paths.incoming)."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch (default: monitor.batch_size).")] = None,
     seed: Annotated[int | None, typer.Option(help="Noise/label-shift seed (default: params.yaml seed).")] = None,
 ) -> None:
@@ -49,7 +57,10 @@ def simulate(
     if batches < 1 or (batch_size is not None and batch_size < 1):
         fail("--batches and --batch-size must be >= 1")
     cfg = load(params)
+    to_inbox = out is None and cfg.monitor.inbox is not None
     data, out = path_or(data, cfg.paths.ingested), path_or(out, cfg.paths.incoming)
+    if to_inbox:  # written locally first (atomically), then uploaded: the worker may be another machine
+        out = Path(tempfile.mkdtemp(prefix="simulate-"))
     manifest = call(io.read_json, data / "manifest.json")
     x, y = call(io.read_split, data, "stream")
     paths = call(
@@ -64,8 +75,16 @@ def simulate(
         cfg.seed if seed is None else seed,
         num_classes=len(manifest["class_names"]),
     )
-    for path in paths:
-        typer.echo(f"wrote {path} ({kind}, severity {severity:g})")
+    if to_inbox:
+        from pipeline.delivery import inbox
+
+        assert cfg.monitor.inbox is not None
+        written = call(inbox.upload, cfg.deploy, cfg.monitor.inbox, paths)
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        written = [str(path) for path in paths]
+    for where in written:
+        typer.echo(f"wrote {where} ({kind}, severity {severity:g})")
 
 
 @app.command()
@@ -106,6 +125,13 @@ def serve(
     call(server.serve, cfg, source, host, port)
 
 
+def _champion_branch(cfg: Params, remote: str | None) -> None:
+    """Move git branch `champion` to the champion's run commit (when this is a git working copy)."""
+    from pipeline.versioning.commit import move_champion_branch
+
+    call(move_champion_branch, Path.cwd(), cfg.register_.model_name, remote, typer.echo)
+
+
 def _publish(cfg: Params) -> None:
     """Publish the registry's champion to S3 (after a promotion decision or a rollback)."""
     from pipeline.delivery import releases
@@ -121,6 +147,7 @@ def promote(
     reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the audit trail.")] = "",
     params: ParamsOpt = DEFAULT_PARAMS,
     publish: Annotated[bool, typer.Option(help="Publish the new champion to S3 after approval.")] = False,
+    remote: versioning_cli.RemoteOpt = None,
 ) -> None:
     """Decide on the current challenger (same decision as the promotion flow's approval form)."""
     from pipeline.registry import promotion
@@ -131,6 +158,8 @@ def promote(
         typer.echo(promotion.comparison_markdown(call(promotion.compare, name)))
     record = call(promotion.approve if approve else promotion.reject, name, by, reason)
     typer.echo(f"{record['action']} by {record['by']} at {record['at']}: {record['versions']}")
+    if approve:
+        _champion_branch(cfg, remote)
     if approve and publish:
         _publish(cfg)
 
@@ -141,6 +170,7 @@ def rollback(
     reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the audit trail.")] = "",
     params: ParamsOpt = DEFAULT_PARAMS,
     publish: Annotated[bool, typer.Option(help="Publish the restored champion to S3.")] = False,
+    remote: versioning_cli.RemoteOpt = None,
 ) -> None:
     """Champion ← previous (audited); the rolled-back version becomes `previous`."""
     from pipeline.registry import promotion
@@ -148,6 +178,7 @@ def rollback(
     cfg = load(params)
     record = call(promotion.rollback, cfg.register_.model_name, by, reason)
     typer.echo(f"rollback by {record['by']} at {record['at']}: {record['versions']}")
+    _champion_branch(cfg, remote)
     if publish:
         _publish(cfg)
 

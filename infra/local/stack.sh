@@ -9,16 +9,19 @@
 #
 # Services (127.0.0.1 only): S3 = nanio via infra/local/s3.sh (buckets dvc-store, mlflow-artifacts, models;
 # S3_PORT=9000); `mlflow server` with artifacts proxied to s3://mlflow-artifacts/ (MLFLOW_PORT=5000);
-# `prefect server start`, work pool mlops-process, the deployments of prefect.yaml and one process worker in the
-# project dir (PREFECT_PORT=4200). The services are one table, SERVICES in infra/local/stackctl.py, which `up`,
-# `down` and `status` read (pid files, health checks); stackctl.py also creates the buckets and the DVC remote.
+# `prefect server start`, work pool mlops-process, the deployments of prefect.yaml and one process worker in an
+# empty directory (PREFECT_PORT=4200); the git remote the flow runs clone and push to: a bare repository under
+# STACK_DIR/git served over file:// (remote `stack` of the project; seeded with its branch). The services are
+# one table, SERVICES in infra/local/stackctl.py, which `up`, `down` and `status` read (pid files, health
+# checks); stackctl.py also creates the buckets and the DVC remote.
 # State, logs and pid files live under STACK_DIR (default .stack/, git-ignored). Credentials: NANIO_ACCESS_KEY
 # / NANIO_SECRET_KEY from the environment, else infra/local/.env (STACK_ENV_FILE; generated, mode 600, on
 # the first `up`). The secret is never printed. Ports chosen at `up` are remembered for the other commands.
-# More knobs: MLOPS_PROJECT_DIR (the workspace the worker and DVC remote serve; default this repo), STACK_BIN
-# (the venv's bin), MLFLOW_WORKERS (2), MLFLOW_SERVER_EXTRA_ARGS, MLFLOW_BACKEND_STORE_URI (sqlite under the
-# state dir), STACK_TIMEOUT (120 s per service), STACK_DVC_PREFIX (mlops-pipeline: s3://dvc-store/<prefix>),
-# PREFECT_WORK_POOL (mlops-process); Prefect server settings pass through the environment. See infra/README.md.
+# More knobs: MLOPS_PROJECT_DIR (the workspace that seeds the git remote and gets the DVC remote; default this
+# repo), STACK_BIN (the venv's bin), MLFLOW_WORKERS (2), MLFLOW_SERVER_EXTRA_ARGS, MLFLOW_BACKEND_STORE_URI
+# (sqlite under the state dir), STACK_TIMEOUT (120 s per service), STACK_DVC_PREFIX (mlops-pipeline:
+# s3://dvc-store/<prefix>), PREFECT_WORK_POOL (mlops-process), STACK_GIT_REMOTE_NAME (stack); Prefect server
+# settings pass through the environment. See infra/README.md.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -61,6 +64,10 @@ MLFLOW_URL="http://$HOST:$MLFLOW_PORT"
 PREFECT_API="http://$HOST:$PREFECT_PORT/api"
 PREFECT_HOME_DIR="$STACK_DIR/prefect"
 MLFLOW_BACKEND="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$STACK_DIR/mlflow/mlflow.db}"
+GIT_REMOTE_DIR="$STACK_DIR/git/project.git"
+GIT_REMOTE="file://$GIT_REMOTE_DIR"
+GIT_REMOTE_NAME="${STACK_GIT_REMOTE_NAME:-stack}"
+WORKER_DIR="$STACK_DIR/worker"
 
 # --- the service table (stackctl.py; its service commands use only the standard library) ------------------
 PYTHON="$BIN/python"
@@ -105,16 +112,34 @@ configure_dvc_remote() {  # configure_dvc_remote DIR: the DVC remote `store` in 
         "$BIN/python" "$HERE/stackctl.py" dvc-remote "$dir" "$DVC_REMOTE" "s3://dvc-store/$DVC_PREFIX" "$S3_URL"
 }
 
+git_remote() {  # the project's git remote: a bare repository served over file://, seeded with the project's HEAD
+    local t0 branch
+    t0="$(now)"
+    git -C "$PROJECT_DIR" rev-parse --verify -q HEAD >/dev/null \
+        || die "$PROJECT_DIR is not a git repository with a commit: runs are commits (git init && git commit first)"
+    branch="$(git -C "$PROJECT_DIR" symbolic-ref --short -q HEAD || echo main)"
+    if [[ ! -d "$GIT_REMOTE_DIR" ]]; then
+        git init -q --bare "$GIT_REMOTE_DIR"
+        git -C "$GIT_REMOTE_DIR" symbolic-ref HEAD "refs/heads/$branch"
+    fi
+    # the project's branch goes up when it fast-forwards; runs/* and champion are the pipeline's own
+    git -C "$PROJECT_DIR" push -q "$GIT_REMOTE_DIR" "HEAD:refs/heads/$branch" 2>>"$LOGS/git.log" \
+        || say "git: $branch on the stack remote has moved on (not a fast-forward of $PROJECT_DIR); left as is"
+    git -C "$PROJECT_DIR" remote remove "$GIT_REMOTE_NAME" 2>/dev/null || true
+    git -C "$PROJECT_DIR" remote add "$GIT_REMOTE_NAME" "$GIT_REMOTE"
+    say "git: remote $GIT_REMOTE_NAME = $GIT_REMOTE (default branch $branch) ($(since "$t0") s)"
+}
+
 deploy_prefect() {  # apply prefect.yaml unless the same file was already applied to this server
     local stamp="$RUN/deployed" want t0
     [[ -f "$PROJECT_DIR/prefect.yaml" ]] || { say "Prefect: no prefect.yaml in $PROJECT_DIR; no deployments"; return 0; }
-    want="$PROJECT_DIR $PREFECT_PORT $(sha256sum "$PROJECT_DIR/prefect.yaml" | cut -d' ' -f1)"
+    want="$PROJECT_DIR $PREFECT_PORT $GIT_REMOTE $(sha256sum "$PROJECT_DIR/prefect.yaml" | cut -d' ' -f1)"
     if [[ "$(cat "$stamp" 2>/dev/null)" == "$want" && "${1:-}" != force ]]; then
         say "Prefect: deployments from $PROJECT_DIR/prefect.yaml already applied"
         return 0
     fi
     t0="$(now)"
-    if ! (cd "$PROJECT_DIR" && MLOPS_PROJECT_DIR="$PROJECT_DIR" prefect_env "$BIN/prefect" --no-prompt deploy --all) \
+    if ! (cd "$PROJECT_DIR" && MLOPS_GIT_REMOTE="$GIT_REMOTE" prefect_env "$BIN/prefect" --no-prompt deploy --all) \
             >>"$LOGS/prefect-deploy.log" 2>&1; then
         echo "stack.sh: error: 'prefect deploy --all' failed; last lines of $LOGS/prefect-deploy.log:" >&2
         tail -n 25 "$LOGS/prefect-deploy.log" >&2
@@ -170,21 +195,23 @@ cmd_up() {
         started_prefect="$(now)"
     fi
 
-    # 3. the DVC remote needs only S3: configure it while the servers boot
+    # 3. the DVC remote needs only S3, the git remote nothing: configure them while the servers boot
     configure_dvc_remote "$PROJECT_DIR"
+    git_remote
     server_ready prefect-server "$started_prefect" "Prefect server" "$PREFECT_API"
 
-    # 4. work pool, deployments, worker (while MLflow still boots; the worker gets the stack's env: its
-    #    flows use MLflow + S3 too)
+    # 4. work pool, deployments, worker (while MLflow still boots). The worker starts in an empty directory:
+    #    each flow run clones the git remote (prefect.yaml pull step); it gets MLflow, S3 and the DVC remote.
     ensure_pool
     if [[ "$started_prefect" != no ]]; then deploy_prefect force; else deploy_prefect; fi
     if ! ctl running worker; then
         t0="$(now)"
-        MLOPS_PROJECT_DIR="$PROJECT_DIR" MLFLOW_TRACKING_URI="$MLFLOW_URL" AWS_ENDPOINT_URL="$S3_URL" \
+        mkdir -p "$WORKER_DIR"
+        MLOPS_DVC_REMOTE="s3://dvc-store/$DVC_PREFIX" MLFLOW_TRACKING_URI="$MLFLOW_URL" AWS_ENDPOINT_URL="$S3_URL" \
             AWS_ACCESS_KEY_ID="$ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$SECRET_KEY" AWS_DEFAULT_REGION=us-east-1 \
-            prefect_env ctl launch worker "$PROJECT_DIR" "$BIN/prefect" worker start --pool "$POOL" --type process
+            prefect_env ctl launch worker "$WORKER_DIR" "$BIN/prefect" worker start --pool "$POOL" --type process
         ctl wait worker || exit 1
-        say "Prefect worker: running (pid $(ctl pid worker)) in $PROJECT_DIR, pool $POOL ready ($(since "$t0") s)"
+        say "Prefect worker: running (pid $(ctl pid worker)) in $WORKER_DIR, pool $POOL ready ($(since "$t0") s)"
     fi
     server_ready mlflow "$started_mlflow" "MLflow server" \
         "$MLFLOW_URL, backend ${MLFLOW_BACKEND%%:*}, artifacts s3://mlflow-artifacts/"
@@ -204,6 +231,8 @@ cmd_env() {
         echo "export AWS_SECRET_ACCESS_KEY=\"\$(sed -n 's/^NANIO_SECRET_KEY=//p' '$ENV_FILE')\""
     fi
     echo "export AWS_DEFAULT_REGION=us-east-1"
+    echo "export MLOPS_GIT_REMOTE=$GIT_REMOTE"
+    echo "export MLOPS_DVC_REMOTE=s3://dvc-store/$DVC_PREFIX"
 }
 
 cmd_remote() {
