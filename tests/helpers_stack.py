@@ -87,6 +87,16 @@ class Stack:
         except (OSError, ValueError):
             return None
 
+    @property
+    def git_remote(self) -> Path:
+        """The bare repository the stack serves as the project's git remote."""
+        return self.state / "git" / "project.git"
+
+    @property
+    def worker_dir(self) -> Path:
+        """The (empty) directory the stack's Prefect worker runs in."""
+        return self.state / "worker"
+
     def pids(self) -> dict[str, int | None]:
         return {name: self.pid(name) for name in ("nanio", *SERVICES)}
 
@@ -98,7 +108,7 @@ class Stack:
     def client_env(self) -> dict[str, str]:
         """What `source <(stack.sh env)` gives a shell."""
         names = ["MLFLOW_TRACKING_URI", "PREFECT_API_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                 "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"]
+                 "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "MLOPS_GIT_REMOTE", "MLOPS_DVC_REMOTE"]
         script = ('set -euo pipefail; source <("$0" env); "$1" -c '
                   '"import json, os, sys; print(json.dumps({k: os.environ[k] for k in sys.argv[1:]}))" "${@:2}"')
         result = subprocess.run(["bash", "-c", script, str(STACK), sys.executable, *names], env=self.env,

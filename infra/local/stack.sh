@@ -7,7 +7,7 @@
 #   infra/local/stack.sh env      the export lines a shell needs: `source <(infra/local/stack.sh env)`
 #   infra/local/stack.sh remote [DIR]   (re)configure DIR's DVC remote for the stack (e.g. in a fresh clone)
 #
-# Services (127.0.0.1 only): S3 = nanio via infra/local/s3.sh (buckets dvc-store, mlflow-artifacts, models;
+# Services (127.0.0.1 only): S3 = nanio via infra/local/s3.sh (buckets dvc-store, mlflow-artifacts, models, incoming;
 # S3_PORT=9000); `mlflow server` with artifacts proxied to s3://mlflow-artifacts/ (MLFLOW_PORT=5000);
 # `prefect server start`, work pool mlops-process, the deployments of prefect.yaml and one process worker in an
 # empty directory (PREFECT_PORT=4200); the git remote the flow runs clone and push to: a bare repository under
@@ -37,7 +37,7 @@ BIN="${STACK_BIN:-$ROOT/.venv/bin}"
 PROJECT_DIR="${MLOPS_PROJECT_DIR:-$ROOT}"
 HOST=127.0.0.1
 POOL="${PREFECT_WORK_POOL:-mlops-process}"
-BUCKETS=(dvc-store mlflow-artifacts models)
+BUCKETS=(dvc-store mlflow-artifacts models incoming)
 DVC_REMOTE=store
 DVC_PREFIX="${STACK_DVC_PREFIX:-mlops-pipeline}"
 TIMEOUT="${STACK_TIMEOUT:-120}"

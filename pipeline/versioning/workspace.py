@@ -55,6 +55,8 @@ def checkout_base(git: Git, remote: str, log: Log) -> Base:
     """Fetch and check out (detached) the commit this run starts from."""
     default = git.default_branch(remote)
     latest = git.remote_head(remote, LATEST)
+    if git("rev-parse", "--is-shallow-repository") == "true":  # Prefect's git_clone clones with --depth 1;
+        git("fetch", "--quiet", "--unshallow", remote)  # ancestry and merges need the history
     git.fetch(remote, f"refs/heads/{default}", *([LATEST] if latest else []))
     tip = git("rev-parse", f"refs/mlops/heads/{default}")
     base = Base(tip, default, latest)

@@ -1,30 +1,29 @@
-"""End to end on the project's local stack (infra/local/stack.sh): Prefect server + process worker, S3 (nanio),
-MLflow tracking server with artifacts in S3.
+"""End to end on the project's local stack (infra/local/stack.sh): Prefect server + process worker in an empty
+directory, S3 (nanio), MLflow tracking server with artifacts in S3, a bare git repository as the git remote.
 
-clean batch → no retrain; drifted batches → retrain → challenger → approval through Prefect's input API →
-champion moves (audited) → S3 release published → the server answers with the new version;
-`mlops rollback` restores the previous one; a cron schedule fires a deployment that completes.
+Every flow run clones the git remote and ends as a pushed commit. first training → commit on runs/<run>,
+challenger → approval → champion (alias + `champion` branch) → S3 release; a training run with nothing new is a
+no-op; a clean batch (S3 inbox) → no retrain; drifted batches → retrain on the versioned accepted data →
+approval; the version is rebuilt from the registry alone (`mlops reproduce`); two training runs at once on two
+workers; `mlops rollback`; a cron schedule fires a deployment that completes.
 """
 
 from __future__ import annotations
 
 import contextlib
-
 import json
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.helpers_project import make_project, run, stop_group, tool_env
+from tests.helpers_project import FASHION_MNIST, make_project, run, stop_group, tool_env
 from tests.helpers_s3 import free_port
 from tests.helpers_stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e,
-              pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                                 reason="needs Debian package dataset-fashion-mnist (make dataset)")]
+              pytest.mark.skipif(FASHION_MNIST is None, reason="needs the Fashion-MNIST files (make dataset)")]
 
 MODEL = "e2e-classifier"
 PARAMS = {
@@ -38,6 +37,7 @@ PARAMS = {
                 "max_accuracy_drop": 0.25},
     "deploy": {"bucket": "models", "reload_seconds": 1},
 }
+PARAMS["monitor"]["inbox"] = INBOX = "s3://incoming/batches"
 
 
 def _wait(predicate, timeout: float, what: str, interval: float = 1.0):
@@ -72,7 +72,7 @@ def stack(tmp_path, monkeypatch):
     contexts = contextlib.ExitStack()
     try:
         services.up()
-        env = {**services.client_env(), "MLOPS_PROJECT_DIR": str(work)}
+        env = services.client_env()
         for name in ("training/training", "monitor/monitor"):  # the test fires runs itself; a cron added later
             run(["prefect", "deployment", "schedule", "clear", name, "-y"], work, env)
         for k, v in env.items():
@@ -84,13 +84,14 @@ def stack(tmp_path, monkeypatch):
 
         contexts.enter_context(temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}))
 
-        def start(name, cmd):
-            proc = subprocess.Popen(cmd, cwd=work, env=tool_env(env), stdout=open(logs / f"{name}.log", "w"),
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+        def start(name, cmd, cwd=work, extra=None):
+            proc = subprocess.Popen(cmd, cwd=cwd, env=tool_env({**env, **(extra or {})}),
+                                    stdout=open(logs / f"{name}.log", "w"), stderr=subprocess.STDOUT,
+                                    start_new_session=True)
             procs.append(proc)
             return proc
 
-        yield work, env, start, logs
+        yield work, env, start, logs, services
     finally:
         for proc in reversed(procs):
             stop_group(proc)
@@ -149,18 +150,73 @@ def _champion() -> str | None:
     return promote.aliases(MODEL)["champion"]
 
 
-def test_closed_loop_with_approval_deploy_serve_and_rollback(stack):
+def _git(bare, *args: str) -> str:
+    """A git command on the stack's bare remote."""
+    return subprocess.run(["git", "-C", str(bare), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _runs(bare) -> dict[str, str]:
+    """runs/* branches on the remote: name → commit."""
+    out = _git(bare, "for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads/runs/")
+    return dict(line.split() for line in out.splitlines())
+
+
+def _version_lineage(version: str) -> dict:
+    from pipeline.registry import lineage
+
+    return lineage.version_tags(MODEL, version)
+
+
+def _versions() -> list[str]:
+    from pipeline.registry import store
+
+    return sorted((mv.version for mv in store.client().search_model_versions(f"name = '{MODEL}'")), key=int)
+
+
+def _assert_committed(bare, version: str) -> str:
+    """The version is a pushed, clean commit on its runs/ branch; returns the commit."""
+    tags = _version_lineage(version)
+    assert tags["git_dirty"] == "false" and "push-failed" not in tags, tags
+    assert tags["git_ref"].startswith("runs/") and _runs(bare)[tags["git_ref"]] == tags["git_commit"], tags
+    assert _git(bare, "cat-file", "-t", tags["git_commit"]) == "commit"
+    files = _git(bare, "show", "--name-only", "--format=", tags["git_commit"]).split()
+    assert "dvc.lock" in files and "reports/registration.json" in files, files
+    return tags["git_commit"]
+
+
+def _user_clone(bare, dest, env) -> None:
+    """A person's clone of runs/latest with its ingested data pulled (what `mlops simulate` reads)."""
+    run(["git", "clone", "-q", "--branch", "runs/latest", f"file://{bare}", str(dest)], dest.parent, env)
+    run(["dvc", "remote", "add", "--local", "-d", "store", env["MLOPS_DVC_REMOTE"]], dest, env)
+    run(["dvc", "remote", "modify", "--local", "store", "endpointurl", env["AWS_ENDPOINT_URL"]], dest, env)
+    run(["dvc", "pull", "ingest"], dest, env)
+
+
+def _inbox(services) -> list[str]:
+    bucket, prefix = INBOX.removeprefix("s3://").split("/", 1)
+    return [k for k in services.keys(bucket, prefix + "/") if "/rejected/" not in k]
+
+
+def _latest_state(bare) -> dict:
+    return json.loads(_git(bare, "show", "runs/latest:data/monitor/state.json"))
+
+
+def test_closed_loop_with_approval_deploy_serve_and_rollback(stack, tmp_path):
+    from pipeline.core.config import load_params
     from pipeline.delivery import releases as deploy
     from pipeline.registry import promotion as promote
-    from pipeline.core.config import load_params
 
-    work, env, start, logs = stack
+    work, env, start, logs, services = stack
+    bare = services.git_remote
     params = load_params(work / "params.yaml")
+    assert not any(services.worker_dir.iterdir()), "the worker starts in an empty directory"
 
-    # 1. first training run → challenger → promotion paused → approved → champion v1 published to S3
+    # 1. first training run: a fresh clone of the remote → commit on runs/<run> → challenger → approved → v1
     _run_deployment("training/training")
+    v1_commit = _assert_committed(bare, "1")
+    assert _git(bare, "rev-parse", "runs/latest") == v1_commit
     _approve_pending_promotion(1, "first model")
-    assert _champion() == "1"
+    assert _champion() == "1" and _git(bare, "rev-parse", "champion") == v1_commit
     assert deploy.read_pointer(params.deploy, MODEL)["version"] == "1"
 
     port = free_port()
@@ -168,23 +224,30 @@ def test_closed_loop_with_approval_deploy_serve_and_rollback(stack):
     health = _wait(lambda: _get_json(f"http://127.0.0.1:{port}/health"), 90, "the model server")
     assert str(health["version"]) == "1"
 
-    # 2. a clean batch: no retraining
-    run(["mlops", "simulate", "--kind", "none", "--batches", "1"], work, env)
-    _run_deployment("monitor/monitor", timeout=300)
-    state = json.loads((work / "data/monitor/state.json").read_text())
-    assert state["consecutive_bad"] == 0 and len(state["accepted"]) == 1
-    assert len(_flow_runs("training")) == 1
+    # 2. nothing new: a training run reruns nothing, registers nothing, commits nothing
+    _run_deployment("training/training")
+    assert _versions() == ["1"] and set(_runs(bare)) == {_version_lineage("1")["git_ref"], "runs/latest"}
 
-    # 3. two drifted batches: retraining is triggered, ends in a challenger awaiting approval
-    run(["mlops", "simulate", "--kind", "brightness", "--severity", "0.8", "--batches", "2"], work, env)
+    # 3. a clean batch through the S3 inbox: accepted, versioned on runs/latest, no retraining
+    user = tmp_path / "user"
+    _user_clone(bare, user, env)
+    run(["mlops", "simulate", "--kind", "none", "--batches", "1"], user, env)
+    assert len([k for k in _inbox(services) if k.endswith(".npz")]) == 1
     _run_deployment("monitor/monitor", timeout=300)
-    trainings = _wait(lambda: len(_flow_runs("training")) >= 2 and _flow_runs("training"), 60, "a triggered retrain")
-    assert _final(trainings[1].id, 900).state.is_completed()
-    manifest = json.loads((work / "data/ingested/manifest.json").read_text())
-    assert manifest["monitoring"]["accepted"] == 3 * 120, manifest["monitoring"]
+    state = _latest_state(bare)
+    assert state["consecutive_bad"] == 0 and len(state["accepted"]) == 1
+    assert _inbox(services) == [] and len(_flow_runs("training")) == 2
+
+    # 4. two drifted batches: retraining starts from the commit holding the accepted data → v2 → approved
+    run(["mlops", "simulate", "--kind", "brightness", "--severity", "0.8", "--batches", "2"], user, env)
+    _run_deployment("monitor/monitor", timeout=300)
+    trainings = _wait(lambda: len(_flow_runs("training")) >= 3 and _flow_runs("training"), 60, "a triggered retrain")
+    assert _final(trainings[2].id, 900).state.is_completed()
+    v2_commit = _assert_committed(bare, "2")
+    assert len(_latest_state(bare)["accepted"]) == 3
     _approve_pending_promotion(2, "retrained on drifted data")
-    assert _champion() == "2"
-    assert promote.aliases(MODEL)["previous"] == "1"
+    assert _champion() == "2" and promote.aliases(MODEL)["previous"] == "1"
+    assert _git(bare, "rev-parse", "champion") == v2_commit
     history = promote.history(MODEL)
     assert [(h["action"], h["by"]) for h in history] == [("approve", "e2e-bot"), ("approve", "e2e-bot")]
     assert history[-1]["diff"], "the audit record carries the metrics diff"
@@ -198,14 +261,40 @@ def test_closed_loop_with_approval_deploy_serve_and_rollback(stack):
         answer = json.loads(resp.read())
     assert str(answer["version"]) == "2" and len(answer["predictions"]) == 1
 
-    # 4. rollback restores the previous champion, audited, and the server follows
-    run(["mlops", "rollback", "--by", "e2e-bot", "--reason", "drill", "--publish"], work, env)
-    assert _champion() == "1"
+    # 5. v2 rebuilt from the registry alone: clone its commit, dvc pull, dvc repro up to date, same .tflite
+    started = time.monotonic()
+    rebuilt = run(["mlops", "reproduce", "2", "--dest", str(tmp_path / "reproduce-v2")], work, env)
+    report = json.loads(rebuilt.stdout[rebuilt.stdout.index("{"):])
+    print(f"\n[e2e] mlops reproduce v2: {time.monotonic() - started:.1f} s, {report}")
+    assert report["ok"] and report["up_to_date"] and report["sha256_match"] and report["commit"] == v2_commit
+    manifest = json.loads((tmp_path / "reproduce-v2/data/ingested/manifest.json").read_text())
+    assert manifest["monitoring"]["accepted"] == 3 * 120, manifest["monitoring"]
+
+    # 6. two training runs at once on two workers (concurrency limit raised to 2): two commits, both intact
+    second = tmp_path / "worker-2"
+    second.mkdir()
+    start("worker-2", ["prefect", "worker", "start", "--pool", "mlops-process", "--type", "process"], cwd=second,
+          extra={"PREFECT_WORKER_QUERY_SECONDS": "2"})
+    _set_concurrency("training/training", 2)
+    ids = [_start_deployment("training/training", {"overrides": {"train.epochs": epochs}}) for epochs in (2, 4)]
+    finals = [_final(i, 900) for i in ids]
+    assert all(f.state.is_completed() for f in finals), [f.state for f in finals]
+    assert _versions() == ["1", "2", "3", "4"]
+    commits = {_assert_committed(bare, v) for v in ("3", "4")}
+    assert len(commits) == 2 and all(_git(bare, "merge-base", "--is-ancestor", v2_commit, c) == "" for c in commits)
+    _git(bare, "fsck", "--no-progress")
+    workers = [(logs / "worker-2.log").read_text(), (services.state / "logs/worker.log").read_text()]
+    assert all(any(str(i) in w for i in ids) for w in workers), "each worker ran one of the two runs"
+    assert not any(services.worker_dir.iterdir()) and not any(second.iterdir()), "workers keep nothing on disk"
+
+    # 7. rollback restores the previous champion (alias and branch), audited, and the server follows
+    run(["mlops", "rollback", "--by", "e2e-bot", "--reason", "drill", "--publish", "--remote", "stack"], work, env)
+    assert _champion() == "1" and _git(bare, "rev-parse", "champion") == v1_commit
     assert promote.history(MODEL)[-1]["action"] == "rollback"
     _wait(lambda: str((_get_json(f"http://127.0.0.1:{port}/health") or {}).get("version")) == "1", 60,
           "the server to roll back to v1")
 
-    # 5. a cron schedule fires the monitor deployment, which completes
+    # 8. a cron schedule fires the monitor deployment, which completes
     before = len(_flow_runs("monitor"))
     run(["prefect", "deployment", "schedule", "create", "monitor/monitor", "--cron", "* * * * *", "-y"], work, env)
 
@@ -214,3 +303,18 @@ def test_closed_loop_with_approval_deploy_serve_and_rollback(stack):
         return any(r.auto_scheduled and r.state.is_completed() for r in runs)
 
     _wait(scheduled_completed, 240, "a scheduled monitor run to complete", interval=3)
+
+
+def _set_concurrency(name: str, limit: int) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        client.update_deployment(deployment.id, DeploymentUpdate(concurrency_limit=limit))
+
+
+def _start_deployment(name: str, parameters: dict):
+    from prefect.deployments import run_deployment
+
+    return run_deployment(name, parameters=parameters, timeout=0, as_subflow=False).id

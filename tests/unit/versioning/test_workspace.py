@@ -139,3 +139,15 @@ def test_git_errors_name_the_command_without_credentials(tmp_path):
     with pytest.raises(GitError, match="ls-remote") as info:
         Git(tmp_path)("ls-remote", "https://user:s3cr3t@127.0.0.1:1/none.git")
     assert "s3cr3t" not in str(info.value)
+
+
+def test_a_shallow_clone_like_prefects_pull_step_still_finds_the_last_run(remote, tmp_path):
+    run_commit, _ = _run(_clone(remote, tmp_path / "w1"), remote, "one", {"dvc.lock": "lock 1\n"})
+    dev = _clone(remote, tmp_path / "dev")
+    (dev.root / "code.py").write_text("x = 3\n")
+    _git(dev.root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "new code")
+    _git(dev.root, "push", "-q", "origin", "main")
+    shallow = tmp_path / "shallow"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", remote, str(shallow)], check=True, capture_output=True)
+    base = checkout_base(Git(shallow), remote, lambda _: None)
+    assert base.source == "runs/latest + main" and base.latest == run_commit
