@@ -7,7 +7,6 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
-FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run setup dataset test test-fast repro mlflow-ui bench lint lint-tools
@@ -26,12 +25,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-dataset:  ## Fashion-MNIST from Debian (offline-capable); elsewhere set ingest.source/url in params.yaml
-	@if [ ! -d $(FASHION_MNIST) ]; then \
-	  if command -v apt-get >/dev/null; then \
-	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
-	  else echo "no apt-get: set ingest.source or ingest.url in params.yaml to the Fashion-MNIST IDX files"; fi; \
-	fi
+dataset: setup  ## data/raw/fashion-mnist as data/raw/fashion-mnist.dvc pins it: dvc pull, else the Debian package
+	$(BIN)/python infra/local/dataset.py
 
 test: setup dataset  ## the full test suite (unit, data, model, integration)
 	$(BIN)/python -m pytest -q -ra --durations=15
@@ -39,8 +34,8 @@ test: setup dataset  ## the full test suite (unit, data, model, integration)
 test-fast: setup  ## everything but the integration tier
 	$(BIN)/python -m pytest -q -m "not integration"
 
-# Python: ruff on the packages, the benchmark scripts and infra/'s helper; mypy (files: pyproject.toml) on the
-# packages and infra/local/stackctl.py; import-linter (contracts: pyproject.toml) on the packages.
+# Python: ruff on the packages, the benchmark scripts and infra/'s helpers; mypy (files: pyproject.toml) on the
+# packages and infra/local/'s helpers; import-linter (contracts: pyproject.toml) on the packages.
 # Shell: every script under infra/ and bench/, and the CI entry point.
 LINT_PY := pipeline flows bench infra
 SHELL_SCRIPTS = .ci/run $(sort $(wildcard infra/*/*.sh bench/*.sh))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import make_project, save, tool_env
+from common import ROOT, make_project, save, tool_env
 
 FULL_PER_CLASS = 6000
 
@@ -41,7 +41,7 @@ def write_folder(root: Path, n: int) -> Path:
 
     from pipeline.data.idx import read_fashion_mnist
 
-    raw = read_fashion_mnist("/usr/share/datasets/fashion-mnist", None, root / "cache")
+    raw = read_fashion_mnist(str(ROOT / "data/raw/fashion-mnist"), None, root / "cache")  # `make dataset`
     for i in range(n):
         label = int(raw.train_y[i])
         folder = root / "images" / "train" / f"class_{label}"

@@ -11,7 +11,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("pipeline", "flows", "dvc.yaml", ".dvcignore", "prefect.yaml", "data/accepted")
+PROJECT_FILES = ("pipeline", "flows", "dvc.yaml", ".dvcignore", "prefect.yaml")
+RAW_DVC = "data/raw/fashion-mnist.dvc"  # the committed pin of the default ingest.source
+# where make_project copies the raw files from: the project's own materialised copy (`make dataset`), else Debian's
+FASHION_MNIST = next((p for p in (ROOT / "data/raw/fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
+                      if p.is_dir()), None)
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -36,10 +40,27 @@ def make_project(tmp_path: Path, override: dict, env: dict | None = None) -> Pat
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), override)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (work / ".gitignore").write_text("/mlflow/\n/data/monitor/\n/data/incoming/\n")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
-                ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run(cmd, work, env)
+    add_data(work, with_raw=params["ingest"]["source"] == RAW_DVC.removesuffix(".dvc"), env=env)
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         run(cmd, work, env)
     return work
+
+
+def add_data(work: Path, with_raw: bool, env: dict | None = None) -> None:
+    """The DVC-tracked inputs, as in the project: an empty data/accepted/ (`dvc add`) and, when ingest.source is
+    the default (`with_raw`), the committed data/raw/fashion-mnist.dvc (+ its .gitignore) materialised from
+    FASHION_MNIST by `make dataset`'s script, which checks the bytes against the pin and fills the DVC cache."""
+    (work / "data/accepted").mkdir(parents=True)
+    run(["dvc", "add", "-q", "data/accepted"], work, env)
+    if with_raw:
+        assert FASHION_MNIST is not None, "no Fashion-MNIST files to copy: run `make dataset`"
+        (work / RAW_DVC).parent.mkdir(parents=True, exist_ok=True)
+        for name in (RAW_DVC, "data/raw/.gitignore"):
+            shutil.copy(ROOT / name, work / name)
+        run([sys.executable, str(ROOT / "infra/local/dataset.py"), "--no-install",
+             "--copy-from", str(FASHION_MNIST)], work, env)
 
 
 def tool_env(extra: dict | None = None) -> dict:

@@ -42,7 +42,7 @@ class IngestConfig(Section):
     """`ingest:` which dataset to read and how to split it."""
 
     dataset: Literal["fashion-mnist", "cifar10", "image-folder"] = "fashion-mnist"
-    source: str = "/usr/share/datasets/fashion-mnist"
+    source: str = "data/raw/fashion-mnist"  # DVC-tracked: data/raw/fashion-mnist.dvc pins its bytes
     url: str | None = None
     image_size: tuple[int, int] = (28, 28)
     channels: Literal[1, 3] = 1

@@ -152,7 +152,7 @@ def load_idx_dataset(
 def read_fashion_mnist(source: str, url: str | None, cache_dir: Path) -> RawDataset:
     """Read the official Fashion-MNIST IDX files from `source` (downloading missing ones from `url`), verified."""
     source_dir, cache_dir = Path(source), Path(cache_dir)
-    hint = "Install the Debian package dataset-fashion-mnist, or set ingest.source / ingest.url."
+    hint = "Run `make dataset` (dvc pull, else the Debian package dataset-fashion-mnist), or set ingest.source / url."
     paths = {role: locate(name, source_dir, url, cache_dir, hint) for role, name in FASHION_MNIST_FILES.items()}
     sources: dict[str, str] = {}
     n = len(FASHION_MNIST_CLASSES)

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers_project import make_project, run
+from tests.helpers_project import FASHION_MNIST, RAW_DVC, make_project, run
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.integration
 
 SMALL = {
@@ -47,7 +46,7 @@ def test_dvc_repro_registers_a_challenger_and_reruns_only_what_changed(tmp_path)
 
     from tests.import_closure import code_deps
 
-    assert FASHION_MNIST.is_dir(), "needs the Debian package dataset-fashion-mnist: run `make dataset`"
+    assert FASHION_MNIST is not None, "needs the Fashion-MNIST files: run `make dataset`"
     work = make_project(tmp_path, SMALL)
     first = run(["dvc", "repro"], work)
     for stage in ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "register"):
@@ -62,6 +61,10 @@ def test_dvc_repro_registers_a_challenger_and_reruns_only_what_changed(tmp_path)
     assert {f"dvc.{s}" for s in ("ingest", "validate", "preprocess", "train", "compress", "evaluate")} <= set(version.tags)
     assert version.tags["data.gx_success"] == "true"
     assert set(lock) >= {"ingest", "train", "evaluate"}
+    # the raw input is a committed, checksum-pinned DVC output: dvc.lock records exactly the pinned bytes
+    pin = yaml.safe_load((work / RAW_DVC).read_text())["outs"][0]["md5"]
+    raw_deps = [d for d in lock["ingest"]["deps"] if d["path"] == "data/raw/fashion-mnist"]
+    assert [d["md5"] for d in raw_deps] == [pin], lock["ingest"]["deps"]
     for name in ("fp32", "fp16", "dynamic", "int8"):
         assert (work / "models/compressed" / f"{name}.tflite").is_file()
 
