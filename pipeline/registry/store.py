@@ -6,11 +6,13 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
 LOCAL_DIR = Path("mlflow")
+EXPERIMENT_COPIES = (".dvc", "tmp", "exps")  # `dvc exp run --temp/--queue` runs stages in a copy under here
 _project_dir: Path | None = None  # set by use_project(); None: the current directory is the project root
 
 
@@ -20,9 +22,33 @@ def use_project(root: str | Path) -> None:
     _project_dir = Path(root).resolve()
 
 
+def _copied_from(path: Path) -> Path | None:
+    """The project `path` lies in a DVC experiment copy of (<project>/.dvc/tmp/exps/...), else None."""
+    parts, n = path.parts, len(EXPERIMENT_COPIES)
+    for i in range(1, len(parts) - n + 1):
+        if parts[i : i + n] == EXPERIMENT_COPIES:
+            return Path(*parts[:i])
+    return None
+
+
+def project_root(path: Path, env: Mapping[str, str]) -> Path:
+    """The project whose embedded store `path` uses: the original one when `path` is a DVC experiment's temp copy.
+
+    `dvc exp run --temp` and `--queue` run the stages in <project>/.dvc/tmp/exps/<...>/, without the git-ignored
+    mlflow/ folder; DVC sets DVC_ROOT to the original project there. Anywhere else `path` is the project root.
+    """
+    copied_from = _copied_from(path)
+    if copied_from is None:
+        return path
+    dvc_root = env.get("DVC_ROOT")
+    if dvc_root and _copied_from(Path(dvc_root)) is None:
+        return Path(dvc_root)
+    return copied_from
+
+
 def local_dir() -> Path:
-    """The project's MLflow folder: <project root>/mlflow."""
-    return (_project_dir or Path.cwd()) / LOCAL_DIR
+    """The project's MLflow folder: <project root>/mlflow (of the original project inside a DVC experiment copy)."""
+    return project_root(_project_dir or Path.cwd(), os.environ) / LOCAL_DIR
 
 
 def embedded_uri() -> str:

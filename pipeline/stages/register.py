@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -26,12 +28,21 @@ from pipeline.registry.aliases import CHALLENGER
 PIP_REQUIREMENTS = ["ai-edge-litert==2.3.0", "numpy==2.4.6", "mlflow==3.17.2"]
 
 
+def experiment_tags(env: Mapping[str, str]) -> dict[str, str]:
+    """`experiment`: the DVC experiment's name (`dvc exp run`, --temp, --queue) or `none`; and its baseline commit."""
+    name = env.get("DVC_EXP_NAME")
+    if not name:
+        return {"experiment": "none"}
+    return {"experiment": name, "experiment.baseline": env.get("DVC_EXP_BASELINE_REV") or "unknown"}
+
+
 def lineage_tags(params: Params, manifest: dict, validation: dict, evaluation: dict) -> dict[str, str]:
-    """Version tags tying the model to its code, data, validation and evaluation (the lineage)."""
+    """Version tags tying the model to its code, data, validation, evaluation and DVC experiment (the lineage)."""
     from pipeline.registry import store
 
     tags = {
         **store.git_commit(),
+        **experiment_tags(os.environ),
         **{f"dvc.{stage}": digest for stage, digest in store.dvc_stage_hashes().items()},
         "data.dataset": manifest["dataset"],
         "data.manifest_checksum": manifest["checksum"],
