@@ -1,4 +1,6 @@
-"""`make dataset`: materialise data/raw/fashion-mnist/ with exactly the bytes data/raw/fashion-mnist.dvc pins.
+"""`make dataset`: materialise the pipeline's DVC-tracked inputs (data/raw/fashion-mnist/, data/accepted/).
+
+data/raw/fashion-mnist/ gets exactly the bytes data/raw/fashion-mnist.dvc pins.
 
     dataset.py [--copy-from DIR] [--no-install]
 
@@ -8,7 +10,12 @@ Run from the project root with the venv's python (`dvc` on PATH). Already there:
 is missing, unless --no-install). The folder is then checked against the md5 the .dvc file records, computed the
 way DVC hashes a directory, and `dvc commit -f` puts it in the DVC cache so `dvc push` uploads it (the .dvc file
 stays as it is: the hash is the same). A mismatch stops with what to do; this never rewrites the .dvc file and
-never overwrites a folder it did not create. Imports nothing from pipeline/.
+never overwrites a folder it did not create.
+
+data/accepted/ (monitoring batches accepted for retraining) is restored when missing: `dvc pull`, else created
+empty when the pin is the empty folder (git keeps no empty folders). It is not checked: the monitor adds batches
+that the next `dvc repro` records in data/accepted.dvc. When it matches its pin, it goes into the DVC cache too.
+Imports nothing from pipeline/.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pathlib import Path
 import yaml
 
 DVC_FILE = Path("data/raw/fashion-mnist.dvc")
+ACCEPTED_DVC_FILE = Path("data/accepted.dvc")
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 PACKAGE = "dataset-fashion-mnist"
 FILES = (
@@ -53,6 +61,11 @@ def dir_md5(folder: Path) -> str:
         for f in folder.rglob("*")
         if f.is_file()
     ]
+    return listing_md5(entries)
+
+
+def listing_md5(entries: list[dict[str, str]]) -> str:
+    """The md5 DVC gives a `.dir` listing: of its JSON, sorted by relpath (`[]`: the empty folder)."""
     listing = json.dumps(sorted(entries, key=lambda e: e["relpath"]), sort_keys=True).encode()
     return hashlib.md5(listing).hexdigest() + ".dir"
 
@@ -70,7 +83,7 @@ def from_remote(dvc_file: Path) -> bool:
     say(f"dvc pull {dvc_file}")
     pulled = subprocess.run(["dvc", "pull", "-q", str(dvc_file)], capture_output=True, text=True)
     if pulled.returncode != 0:
-        say("dvc pull did not restore it (remote unreachable or without these files); copying instead")
+        say(f"dvc pull {dvc_file} failed (remote unreachable or without these files)")
     return pulled.returncode == 0
 
 
@@ -118,16 +131,32 @@ def materialise(dvc_file: Path, source: Path, install: bool) -> None:
     say(f"{folder} matches {dvc_file} (md5 {expected}) and is in the DVC cache")
 
 
+def restore_accepted(dvc_file: Path) -> None:
+    """Restore a missing data/accepted/ (pull, else empty when pinned empty); cache it when it matches its pin."""
+    folder, expected = pinned(dvc_file)
+    if not folder.exists() and not from_remote(dvc_file):
+        shutil.rmtree(folder, ignore_errors=True)
+        if expected != listing_md5([]):
+            raise SystemExit(
+                f"make dataset: {folder} is missing and {dvc_file} pins batches ({expected}) that only "
+                "a DVC remote holds: configure that remote (`dvc remote add -d …`) and rerun"
+            )
+        folder.mkdir(parents=True)
+        say(f"created the empty {folder} that {dvc_file} pins")
+    if dir_md5(folder) == expected:
+        subprocess.run(["dvc", "commit", "-f", "-q", str(dvc_file)], check=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse the options and materialise data/raw/fashion-mnist; 0 on success."""
+    """Parse the options and materialise the inputs whose .dvc file exists; 0 on success."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copy-from", type=Path, default=DEBIAN_DIR, help="the IDX files to copy when no remote has them")
     ap.add_argument("--no-install", action="store_true", help="never run apt-get")
     args = ap.parse_args(argv)
-    if not DVC_FILE.is_file():
-        say(f"no {DVC_FILE}: nothing to materialise")
-        return 0
-    materialise(DVC_FILE, args.copy_from, install=not args.no_install)
+    if DVC_FILE.is_file():
+        materialise(DVC_FILE, args.copy_from, install=not args.no_install)
+    if ACCEPTED_DVC_FILE.is_file():
+        restore_accepted(ACCEPTED_DVC_FILE)
     return 0
 
 

@@ -1,7 +1,8 @@
 """The raw dataset is pinned: data/raw/fashion-mnist.dvc records the md5 of exactly the Debian package's files, and
-`make dataset` (infra/local/dataset.py) materialises those bytes or refuses, never rewriting the pin.
+`make dataset` (infra/local/dataset.py) materialises those bytes or refuses, never rewriting the pin; it also
+restores the empty data/accepted/ a fresh clone lacks.
 
-Every case runs in a throw-away DVC project holding a copy of the committed .dvc file, never in data/raw/.
+Every case runs in a throw-away DVC project holding a copy of the committed .dvc file, never in data/.
 """
 
 from __future__ import annotations
@@ -125,3 +126,25 @@ def test_materialise_copies_the_pinned_bytes_into_the_dvc_cache(project: Path):
     assert json.loads(status.stdout) == {}  # workspace = pin, and the cache holds it (`dvc push` uploads it)
     again = materialise(project, DEBIAN)
     assert again.returncode == 0 and "copied" not in again.stdout
+
+
+def test_materialise_creates_the_empty_accepted_folder_a_fresh_clone_lacks(project: Path):
+    shutil.copy(ROOT / "data" / "accepted.dvc", project / "data" / "accepted.dvc")
+    if yaml.safe_load((project / "data/accepted.dvc").read_text())["outs"][0]["nfiles"]:
+        pytest.skip("the project's data/accepted.dvc pins accepted batches: only a DVC remote restores them")
+    (project / "data/raw/fashion-mnist.dvc").unlink()
+    result = materialise(project, DEBIAN)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (project / "data/accepted").is_dir() and not any((project / "data/accepted").iterdir())
+    status = run(["dvc", "status", "--json", "data/accepted.dvc"], project)
+    assert json.loads(status.stdout) == {}  # in the cache too: `dvc push` uploads it, `dvc pull` restores it
+
+
+def test_materialise_says_where_missing_accepted_batches_are(project: Path):
+    (project / "data/raw/fashion-mnist.dvc").unlink()
+    (project / "data/accepted.dvc").write_text(yaml.safe_dump(
+        {"outs": [{"md5": "0123456789abcdef0123456789abcdef.dir", "size": 10, "nfiles": 1, "hash": "md5",
+                   "path": "accepted"}]}))
+    result = materialise(project, DEBIAN)
+    assert result.returncode != 0
+    assert "data/accepted is missing" in result.stderr and "dvc remote add" in result.stderr, result.stderr
