@@ -11,8 +11,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run setup dataset test test-fast repro mlflow-ui bench lint lint-tools
 
-run: setup dataset  ## set up and run the whole pipeline (dvc repro) on the default dataset
+run: setup dataset  ## set up and run the whole pipeline (dvc repro) on the default dataset; commit the run
 	time dvc repro
+	@if git rev-parse -q --verify HEAD >/dev/null 2>&1; then mlops commit-run; \
+	 else echo "not a git working copy: the run was not committed, so no version became challenger (see README)"; fi
 
 repro:  ## rerun only what changed
 	dvc repro

@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.common import require_shared_mlflow, run_name, run_streaming, workspace_lock
 from pipeline.registry.aliases import CHALLENGER
-from pipeline.versioning.workspace import Base, checkout_base, configure_dvc_remote, dvc_pull
+from pipeline.versioning.workspace import Base, checkout_base, configure_dvc_remote, dvc_pull, require_inputs
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -90,6 +90,7 @@ def prepare(project_dir: str, remote: str) -> Base:
     base = checkout_base(Git(root), remote, log)
     configure_dvc_remote(root, log)
     dvc_pull(root, log)
+    require_inputs(root)
     return base
 
 

@@ -39,7 +39,7 @@ def make_project(tmp_path: Path, override: dict, env: dict | None = None) -> Pat
             shutil.copy(src, dst)
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), override)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (work / ".gitignore").write_text("/mlflow/\n/data/monitor/\n/data/incoming/\n")
+    (work / ".gitignore").write_text("/mlflow/\n/data/monitor/profile-*.json\n/data/incoming/\n")
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
         run(cmd, work, env)
     add_data(work, with_raw=params["ingest"]["source"] == RAW_DVC.removesuffix(".dvc"), env=env)

@@ -130,6 +130,18 @@ git_remote() {  # the project's git remote: a bare repository served over file:/
     say "git: remote $GIT_REMOTE_NAME = $GIT_REMOTE (default branch $branch) ($(since "$t0") s)"
 }
 
+push_inputs() {  # the committed DVC inputs (raw dataset, accepted data) into the DVC remote: a clone can pull them
+    local t0 files
+    t0="$(now)"
+    mapfile -t files < <(git -C "$PROJECT_DIR" ls-files '*.dvc')
+    (( ${#files[@]} )) || return 0
+    if (cd "$PROJECT_DIR" && PATH="$BIN:$PATH" dvc push -q "${files[@]}") >>"$LOGS/dvc-push.log" 2>&1; then
+        say "DVC: pushed the committed inputs (${files[*]}) ($(since "$t0") s)"
+    else
+        say "DVC: could not push ${files[*]} (see $LOGS/dvc-push.log); run \`make dataset\` in $PROJECT_DIR, then up again"
+    fi
+}
+
 deploy_prefect() {  # apply prefect.yaml unless the same file was already applied to this server
     local stamp="$RUN/deployed" want t0
     [[ -f "$PROJECT_DIR/prefect.yaml" ]] || { say "Prefect: no prefect.yaml in $PROJECT_DIR; no deployments"; return 0; }
@@ -198,6 +210,7 @@ cmd_up() {
     # 3. the DVC remote needs only S3, the git remote nothing: configure them while the servers boot
     configure_dvc_remote "$PROJECT_DIR"
     git_remote
+    push_inputs
     server_ready prefect-server "$started_prefect" "Prefect server" "$PREFECT_API"
 
     # 4. work pool, deployments, worker (while MLflow still boots). The worker starts in an empty directory:

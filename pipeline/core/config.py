@@ -139,6 +139,14 @@ class MonitorConfig(Section):
     consecutive_batches: int = Field(2, ge=1)
     cooldown_minutes: float = Field(60.0, ge=0)
     experiment: str = Field("monitoring", min_length=1)
+    inbox: str | None = None  # s3://bucket/prefix where incoming batches arrive; None: the paths.incoming folder
+
+    @field_validator("inbox")
+    @classmethod
+    def _inbox_url(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("s3://") and len(v) > len("s3://")):
+            raise ValueError(f"must be an s3://bucket[/prefix] URL (or null for the paths.incoming folder), got {v!r}")
+        return v
 
 
 class DeployConfig(Section):

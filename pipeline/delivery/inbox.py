@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.core import io
 from pipeline.core.config import DeployConfig
-from pipeline.delivery.s3 import parse_s3_url, s3_client, s3_errors
+from pipeline.delivery.s3 import get_bytes, parse_s3_url, put_verified, s3_client, s3_errors
 
 REJECTED = "rejected"
 _SUFFIXES = (".npz", ".json")
@@ -23,8 +24,14 @@ def _split(uri: str) -> tuple[str, str]:
     return bucket, (prefix.rstrip("/") + "/") if prefix else ""
 
 
+def _for(cfg: DeployConfig, uri: str) -> DeployConfig:
+    """`cfg` (endpoint, credentials) aimed at the inbox's bucket, so error messages name that bucket."""
+    return cfg.model_copy(update={"bucket": parse_s3_url(uri)[0]})
+
+
 def list_batches(cfg: DeployConfig, uri: str) -> list[str]:
     """Keys of the .npz/.json objects directly under the inbox prefix (not in rejected/), oldest first."""
+    cfg = _for(cfg, uri)
     bucket, prefix = _split(uri)
     s3 = s3_client(cfg)
     with s3_errors(cfg, f"list {uri}", s3):
@@ -36,6 +43,7 @@ def list_batches(cfg: DeployConfig, uri: str) -> list[str]:
 
 def fetch(cfg: DeployConfig, uri: str, dest: Path) -> list[str]:
     """Download every inbox batch (and sidecar) into `dest`; the file names fetched."""
+    cfg = _for(cfg, uri)
     bucket, _ = _split(uri)
     s3 = s3_client(cfg)
     dest.mkdir(parents=True, exist_ok=True)
@@ -43,14 +51,18 @@ def fetch(cfg: DeployConfig, uri: str, dest: Path) -> list[str]:
     for key in list_batches(cfg, uri):
         name = key.rsplit("/", 1)[-1]
         with s3_errors(cfg, f"download s3://{bucket}/{key}", s3):
-            s3.download_file(bucket, key, str(dest / f".{name}.part"))
-        (dest / f".{name}.part").replace(dest / name)
+            data = get_bytes(s3, bucket, key)  # one GET (S3-compatible servers differ on ranged downloads)
+        if data is None:  # settled by a concurrent run since the listing
+            continue
+        with io.atomic_path(dest / name) as tmp:
+            tmp.write_bytes(data)
         names.append(name)
     return names
 
 
 def upload(cfg: DeployConfig, uri: str, files: list[Path]) -> list[str]:
     """Put local batch files (and their .json sidecars) into the inbox; the s3:// URLs written."""
+    cfg = _for(cfg, uri)
     bucket, prefix = _split(uri)
     s3 = s3_client(cfg)
     written = []
@@ -58,7 +70,7 @@ def upload(cfg: DeployConfig, uri: str, files: list[Path]) -> list[str]:
         for part in (path.with_suffix(".json"), path):  # the .npz last: a listed batch has its sidecar
             if part.is_file():
                 with s3_errors(cfg, f"upload {part.name} to {uri}", s3):
-                    s3.upload_file(str(part), bucket, prefix + part.name)
+                    put_verified(s3, bucket, prefix + part.name, part.read_bytes(), "application/octet-stream")
                 written.append(f"s3://{bucket}/{prefix}{part.name}")
     return written
 
@@ -71,6 +83,7 @@ def settle(
     A batch still in `incoming` stays in the inbox unless `seen(path)` (its content was processed before, e.g. a
     re-sent copy); one not processed yet (max_batches reached) is left for the next run.
     """
+    cfg = _for(cfg, uri)
     bucket, prefix = _split(uri)
     s3 = s3_client(cfg)
     done: dict[str, list[str]] = {"removed": [], "rejected": [], "kept": []}

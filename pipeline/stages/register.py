@@ -1,6 +1,6 @@
 """Register stage: one MLflow run with params, metrics, plots and reports; a model version with lineage tags.
 
-Only a version that evaluation blessed gets the `challenger` alias; `champion` is never touched here.
+The version gets no alias here: `challenger` follows once the run is a pushed commit (pipeline.versioning).
 The model version is created only after every artifact is logged, so the registry never holds a version
 without its files. Command: `python -m pipeline.stages.register` (what dvc.yaml runs) or `mlops register`.
 """
@@ -23,7 +23,6 @@ from pipeline.core import io
 from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, load, path_or
 from pipeline.core.config import Params, PathsConfig
 from pipeline.core.metrics import flatten, numeric_metrics
-from pipeline.registry.aliases import CHALLENGER
 
 PIP_REQUIREMENTS = ["ai-edge-litert==2.3.0", "numpy==2.4.6", "mlflow==3.17.2"]
 
@@ -163,23 +162,57 @@ def _read_inputs(paths: PathsConfig) -> dict:
     }
 
 
-def run(params: Params, params_path: Path, out_path: Path) -> dict:
-    """Log one MLflow run with everything and register a model version; a blessed version gets `challenger`.
+def _existing_record(reg, key: str | None) -> dict | None:
+    """The record of a version already registered with this lineage key (a retried run registers nothing new)."""
+    from pipeline.registry import lineage
 
-    Reads (from `params.paths`): prepared stats.json + manifest.json, the validation and evaluation reports,
-    train/compress/evaluate metrics, plots, data docs, the model and the deploy variant's .tflite; `params_path`
-    and dvc.lock. Writes: the MLflow run, model version and alias, and `out_path` (the registration record).
+    found = lineage.find_by_key(reg.model_name, key) if key else None
+    if found is None:
+        return None
+    return {
+        "model_name": reg.model_name,
+        "version": int(found.version),
+        "alias": None,
+        "blessed": found.tags.get("eval.blessed") == "true",
+        "run_id": found.run_id,
+        "model_uri": f"models:/{reg.model_name}/{found.version}",
+        "deploy_variant": found.tags.get("model.deploy_variant"),
+        "lineage_key": key,
+        "sha256": found.tags.get(lineage.SHA_TAG),
+        "reused": True,
+    }
+
+
+def run(params: Params, params_path: Path, out_path: Path) -> dict:
+    """Log one MLflow run with everything and register a model version, without an alias.
+
+    The version gets its lineage key (dvc.lock up to evaluation) and the deploy variant's sha256; `challenger`
+    comes later, from `pipeline.versioning.commit` once the run is a pushed commit. A version with the same
+    lineage key is reused, not registered twice. Reads (from `params.paths`): prepared stats.json +
+    manifest.json, the validation and evaluation reports, train/compress/evaluate metrics, plots, data docs,
+    the model and the deploy variant's .tflite; `params_path` and dvc.lock. Writes: the MLflow run and model
+    version, and `out_path` (the registration record).
     """
     import mlflow
 
-    from pipeline.registry import store
+    from pipeline.registry import lineage, store
 
     reg, inputs = params.register_, _read_inputs(params.paths)
+    key = lineage.lineage_key()
+    record = _existing_record(reg, key)
+    if record is not None:
+        io.write_json(out_path, record)
+        return record
     decision = inputs["evaluation"]["decision"]
     variant, blessed = decision["deploy_variant"], bool(decision["blessed"])
+    digest = io.sha256_file(Path(params.paths.compressed) / f"{variant}.tflite")
     client = store.client()
     experiment_id = store.ensure_experiment(reg.experiment)
-    tags = lineage_tags(params, inputs["manifest"], inputs["validation"], inputs["evaluation"])
+    tags = {
+        **lineage_tags(params, inputs["manifest"], inputs["validation"], inputs["evaluation"]),
+        lineage.SHA_TAG: digest,
+        **({lineage.KEY_TAG: key} if key else {}),
+    }
     started = time.perf_counter()
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"{params.train.model}-{tags['git_commit'][:8]}", tags=tags
@@ -188,19 +221,18 @@ def run(params: Params, params_path: Path, out_path: Path) -> dict:
         info = _log_models(mlflow, params.paths, inputs["stats"], variant)
         version = mlflow.register_model(info.model_uri, reg.model_name, tags=tags)
         client.set_model_version_tag(reg.model_name, version.version, "source_run_id", run.info.run_id)
-        alias = CHALLENGER if blessed else None
-        if alias:
-            client.set_registered_model_alias(reg.model_name, alias, version.version)
         mlflow.set_tag("registered_version", version.version)
     record = {
         "model_name": reg.model_name,
         "version": int(version.version),
-        "alias": alias,
+        "alias": None,
         "blessed": blessed,
         "run_id": run.info.run_id,
         "model_uri": f"models:/{reg.model_name}/{version.version}",
         "experiment_id": experiment_id,
         "deploy_variant": variant,
+        "lineage_key": key,
+        "sha256": digest,
         "logging_seconds": round(time.perf_counter() - started, 2),
     }
     io.write_json(out_path, record)
@@ -213,11 +245,12 @@ def command(
         Path | None, typer.Option(help="Registration record JSON to write (default: paths.registration).")
     ] = None,
 ) -> None:
-    """Log one MLflow run with everything, register a model version; blessed versions get `challenger`."""
+    """Log one MLflow run with everything and register a model version (no alias: see `mlops commit-run`)."""
     cfg = load(params)
     record = call(run, cfg, params_path=params, out_path=path_or(out, cfg.paths.registration))
     typer.echo(
-        f"registered {record['model_name']} v{record['version']} alias={record['alias'] or '-'} run={record['run_id']}"
+        f"registered {record['model_name']} v{record['version']} blessed={record['blessed']} run={record['run_id']}"
+        + (" (already registered with this lineage key)" if record.get("reused") else "")
     )
 
 

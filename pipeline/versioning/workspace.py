@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.errors import StageError
 from pipeline.core.process import run_streaming, tool_env
 from pipeline.versioning.git import Git, GitError
 
@@ -124,6 +125,24 @@ def dvc_pull(root: Path, log: Log, targets: tuple[str, ...] = ()) -> bool:
         return False
     run_streaming(["dvc", "pull", "--allow-missing", *targets], root, log)
     return True
+
+
+def require_inputs(root: Path) -> None:
+    """StageError naming every committed .dvc input (raw dataset, accepted data) that the pull did not restore."""
+    import yaml
+
+    tracked = subprocess.run(["git", "ls-files", "*.dvc"], cwd=root, capture_output=True, text=True).stdout.split()
+    missing = [
+        f"{file} → {(Path(file).parent / out['path']).as_posix()}"
+        for file in tracked
+        for out in (yaml.safe_load((root / file).read_text()) or {}).get("outs", [])
+        if not (root / Path(file).parent / out["path"]).exists()
+    ]
+    if missing:
+        raise StageError(
+            f"the DVC remote lacks committed inputs: {'; '.join(missing)}. Push them from a workspace that has "
+            "them (`make dataset` then `dvc push <file>.dvc`; infra/local/stack.sh up does it for the local stack)."
+        )
 
 
 def dvc_push(root: Path, log: Log) -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 import urllib.request
@@ -264,28 +266,37 @@ def test_closed_loop_with_approval_deploy_serve_and_rollback(stack, tmp_path):
     # 5. v2 rebuilt from the registry alone: clone its commit, dvc pull, dvc repro up to date, same .tflite
     started = time.monotonic()
     rebuilt = run(["mlops", "reproduce", "2", "--dest", str(tmp_path / "reproduce-v2")], work, env)
-    report = json.loads(rebuilt.stdout[rebuilt.stdout.index("{"):])
+    report = json.loads(rebuilt.stdout[rebuilt.stdout.index("{\n"):])
     print(f"\n[e2e] mlops reproduce v2: {time.monotonic() - started:.1f} s, {report}")
     assert report["ok"] and report["up_to_date"] and report["sha256_match"] and report["commit"] == v2_commit
     manifest = json.loads((tmp_path / "reproduce-v2/data/ingested/manifest.json").read_text())
     assert manifest["monitoring"]["accepted"] == 3 * 120, manifest["monitoring"]
 
-    # 6. two training runs at once on two workers (concurrency limit raised to 2): two commits, both intact
-    second = tmp_path / "worker-2"
-    second.mkdir()
-    start("worker-2", ["prefect", "worker", "start", "--pool", "mlops-process", "--type", "process"], cwd=second,
-          extra={"PREFECT_WORKER_QUERY_SECONDS": "2"})
+    # 6. two training runs at once on two workers (concurrency limit raised to 2): two commits, both intact.
+    #    Two more workers, one run each (--limit 1); the stack's worker is suspended meanwhile so they get both.
+    extra = [tmp_path / f"worker-{i}" for i in (2, 3)]
+    for i, folder in enumerate(extra, start=2):
+        folder.mkdir()
+        start(f"worker-{i}", ["prefect", "worker", "start", "--pool", "mlops-process", "--type", "process",
+                              "--limit", "1"], cwd=folder, extra={"PREFECT_WORKER_QUERY_SECONDS": "2"})
     _set_concurrency("training/training", 2)
-    ids = [_start_deployment("training/training", {"overrides": {"train.epochs": epochs}}) for epochs in (2, 4)]
-    finals = [_final(i, 900) for i in ids]
+    stack_worker = services.pid("worker")
+    os.killpg(stack_worker, signal.SIGSTOP)
+    try:
+        ids = [_start_deployment("training/training", {"overrides": {"train.epochs": epochs}}) for epochs in (2, 4)]
+        finals = [_final(i, 900) for i in ids]
+    finally:
+        os.killpg(stack_worker, signal.SIGCONT)
     assert all(f.state.is_completed() for f in finals), [f.state for f in finals]
     assert _versions() == ["1", "2", "3", "4"]
     commits = {_assert_committed(bare, v) for v in ("3", "4")}
     assert len(commits) == 2 and all(_git(bare, "merge-base", "--is-ancestor", v2_commit, c) == "" for c in commits)
     _git(bare, "fsck", "--no-progress")
-    workers = [(logs / "worker-2.log").read_text(), (services.state / "logs/worker.log").read_text()]
-    assert all(any(str(i) in w for i in ids) for w in workers), "each worker ran one of the two runs"
-    assert not any(services.worker_dir.iterdir()) and not any(second.iterdir()), "workers keep nothing on disk"
+    ran = [{f.name for f in finals if f"Flow run '{f.name}'" in (logs / f"worker-{i}.log").read_text()} for i in (2, 3)]
+    assert sorted(map(len, ran)) == [1, 1] and ran[0] != ran[1], f"one run on each worker: {ran}"
+    starts = sorted(f.start_time for f in finals)
+    assert starts[1] < min(f.end_time for f in finals), "the two runs overlapped in time"
+    assert not any(services.worker_dir.iterdir()) and not any(any(f.iterdir()) for f in extra), "no worker keeps files"
 
     # 7. rollback restores the previous champion (alias and branch), audited, and the server follows
     run(["mlops", "rollback", "--by", "e2e-bot", "--reason", "drill", "--publish", "--remote", "stack"], work, env)

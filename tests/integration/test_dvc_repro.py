@@ -53,10 +53,28 @@ def test_dvc_repro_registers_a_challenger_and_reruns_only_what_changed(tmp_path)
         assert f"Running stage '{stage}'" in first.stdout, first.stdout
 
     record = json.loads((work / "reports/registration.json").read_text())
-    assert record["alias"] == "challenger", record
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow/mlflow.db'}")
+    assert record["alias"] is None and not client.get_registered_model("it-classifier").aliases, record
+
+    # the run becomes a commit on runs/<name> (pushed to a git remote, data to a DVC remote), then challenger
+    bare, store = tmp_path / "remote.git", tmp_path / "dvc-store"
+    run(["git", "clone", "-q", "--bare", str(work), str(bare)], tmp_path)
+    run(["git", "remote", "add", "origin", f"file://{bare}"], work)
+    run(["dvc", "remote", "add", "-d", "store", str(store)], work)
+    head = run(["git", "rev-parse", "HEAD"], work).stdout.strip()
+    committed = json.loads(run(["mlops", "commit-run", "--name", "it", "--remote", "origin"], work).stdout.splitlines()[-1])
     version = client.get_model_version_by_alias("it-classifier", "challenger")
-    assert int(version.version) == record["version"]
+    assert int(version.version) == record["version"] and committed["alias"] == "challenger"
+    assert version.tags["git_commit"] == committed["commit"] != head and version.tags["git_dirty"] == "false"
+    assert run(["git", "rev-parse", "HEAD"], work).stdout.strip() == head, "the checked-out branch did not move"
+    assert run(["git", "-C", str(bare), "rev-parse", "runs/it"], tmp_path).stdout.strip() == committed["commit"]
+    again_commit = run(["mlops", "commit-run", "--name", "it-again", "--remote", "origin"], work)
+    assert "already commit" in again_commit.stdout, again_commit.stdout  # same tree: no second commit
+    # rebuilt from the registry alone: clone, checkout, dvc pull, dvc repro up to date, same .tflite bytes
+    rebuilt = run(["mlops", "reproduce", "1", "--dest", str(tmp_path / "rebuilt")], work,
+                  {"MLOPS_DVC_REMOTE": str(store)})
+    report = json.loads(rebuilt.stdout[rebuilt.stdout.index("{\n"):])
+    assert report["ok"] and report["up_to_date"] and report["sha256"] == version.tags["model.sha256"], report
     lock = yaml.safe_load((work / "dvc.lock").read_text())["stages"]
     assert {f"dvc.{s}" for s in ("ingest", "validate", "preprocess", "train", "compress", "evaluate")} <= set(version.tags)
     assert version.tags["data.gx_success"] == "true"

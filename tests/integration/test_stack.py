@@ -97,7 +97,11 @@ def pipeline(stack):
     result = stack.run(["dvc", "repro"])
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}\n{stack.logs()}"
     print(f"\n[stack] dvc repro against the stack: {time.monotonic() - started:.1f} s")
-    return json.loads((stack.work / "reports/registration.json").read_text())
+    record = json.loads((stack.work / "reports/registration.json").read_text())
+    assert record["alias"] is None, "register sets no alias: the run is not a pushed commit yet"
+    committed = stack.run(["mlops", "commit-run", "--remote", "stack", "--name", "stack-test"])
+    assert committed.returncode == 0, committed.stdout + committed.stderr
+    return {**record, **json.loads(committed.stdout.strip().splitlines()[-1])}
 
 
 def _mlflow_client(stack):
@@ -119,8 +123,10 @@ def _artifact_prefix(stack, model_source: str) -> str:
 
 def test_up_starts_every_service_and_keeps_the_secret_private(stack):
     out = stack.first_up.stdout
-    for line in ("S3: nanio running", "S3 buckets: dvc-store (created), mlflow-artifacts (created), models (created)",
+    for line in ("S3: nanio running",
+                 "S3 buckets: dvc-store (created), mlflow-artifacts (created), models (created), incoming (created)",
                  "MLflow server: running", "Prefect server: running", "Prefect worker: running",
+                 f"in {stack.worker_dir}, pool", f"git: remote stack = file://{stack.git_remote}",
                  "deployments applied", "DVC remote 'store'", "stack up in"):
         assert line in out, out
     assert stack.cred_file.stat().st_mode & 0o777 == 0o600
@@ -153,9 +159,14 @@ def test_up_starts_every_service_and_keeps_the_secret_private(stack):
     with urllib.request.urlopen(request, timeout=10) as resp:
         deployments = json.loads(resp.read())
     assert {d["name"] for d in deployments} == {"training", "monitor", "promotion"}
-    pull_dirs = {step["prefect.deployments.steps.set_working_directory"]["directory"]
-                 for d in deployments for step in d["pull_steps"]}
-    assert pull_dirs == {str(stack.work)}
+    clones = {step["prefect.deployments.steps.git_clone"]["repository"] for d in deployments for step in d["pull_steps"]}
+    assert clones == {f"file://{stack.git_remote}"}  # every run clones the stack's git remote: no shared workspace
+    assert {d["parameters"].get("remote") for d in deployments} == {"origin"}
+    branch = subprocess.run(["git", "-C", str(stack.work), "symbolic-ref", "--short", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    seeded = subprocess.run(["git", "-C", str(stack.git_remote), "rev-parse", branch], capture_output=True, text=True)
+    head = subprocess.run(["git", "-C", str(stack.work), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert seeded.stdout == head.stdout, "the git remote holds the project's branch"
     with urllib.request.urlopen(f"{api}/work_pools/mlops-process", timeout=10) as resp:
         assert json.loads(resp.read())["status"] == "READY"
 
@@ -204,6 +215,12 @@ def test_the_pipeline_registers_through_the_server_with_artifacts_in_s3(stack, p
     assert pipeline["model_name"] == MODEL and pipeline["alias"] == "challenger"
     client = _mlflow_client(stack)
     version = client.get_model_version(MODEL, str(pipeline["version"]))
+    # the run is a commit on the stack's git remote, its data in the DVC remote; then (only then) challenger
+    assert version.tags["git_commit"] == pipeline["commit"] and version.tags["git_dirty"] == "false"
+    assert version.tags["git_ref"] == "runs/stack-test"
+    remote_head = subprocess.run(["git", "-C", str(stack.git_remote), "rev-parse", "runs/stack-test"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    assert remote_head == pipeline["commit"]
     prefix = _artifact_prefix(stack, version.source)
     model_keys = stack.keys("mlflow-artifacts", prefix)
     names = {key[len(prefix):] for key in model_keys}
