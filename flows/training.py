@@ -44,7 +44,9 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def summary_markdown(project_dir: Path, ran: dict[str, bool], paths: PathsConfig | None = None) -> str:
+def summary_markdown(
+    project_dir: Path, ran: dict[str, bool], paths: PathsConfig | None = None, committed: dict | None = None
+) -> str:
     """The run's stages and headline metrics as a markdown table (the `training-summary` artifact)."""
     from pipeline.core.config import PathsConfig
 
@@ -52,7 +54,7 @@ def summary_markdown(project_dir: Path, ran: dict[str, bool], paths: PathsConfig
     train = _read(project_dir / paths.train_metrics)
     compress = _read(project_dir / paths.compress_metrics)
     evaluation = _read(project_dir / paths.evaluate_metrics)
-    record = _read(project_dir / paths.registration)
+    record = {**_read(project_dir / paths.registration), **(committed or {})}
     lines = ["## Training run", "", "| stage | ran |", "|---|---|"]
     lines += [f"| {s} | {'yes' if r else 'up to date'} |" for s, r in ran.items()]
     lines += [
@@ -76,6 +78,7 @@ def summary_markdown(project_dir: Path, ran: dict[str, bool], paths: PathsConfig
             f"(alias: {record.get('alias') or 'none'}) |"
         ),
         f"| MLflow run | `{record.get('run_id')}` ({record.get('model_uri')}) |",
+        f"| commit | `{(record.get('commit') or 'none')[:12]}` on {record.get('ref') or '–'} |",
     ]
     return "\n".join(lines)
 
@@ -136,7 +139,8 @@ def training_flow(
         logger.info("nothing new: every stage was up to date, nothing registered or committed")
     paths = load_params(root / "params.yaml").paths
     record = {**_read(root / paths.registration), **(committed or {})}
-    create_markdown_artifact(summary_markdown(root, ran, paths), key="training-summary", description="Training run")
+    summary = summary_markdown(root, ran, paths, committed)
+    create_markdown_artifact(summary, key="training-summary", description="Training run")
     result = {"ran": ran, "base": base and base.commit, "registration": record if committed else None}
     if promote and committed and committed.get("alias") == CHALLENGER:
         result["promotion_flow_run"] = start_promotion(record["model_name"])

@@ -40,7 +40,8 @@ def lineage_tags(params: Params, manifest: dict, validation: dict, evaluation: d
     from pipeline.registry import store
 
     tags = {
-        **store.git_commit(),
+        # the commit the run started from; `git_commit`/`git_dirty=false` come from the run's own pushed commit
+        **{f"git.base_{key.removeprefix('git_')}": value for key, value in store.git_commit().items()},
         **experiment_tags(os.environ),
         **{f"dvc.{stage}": digest for stage, digest in store.dvc_stage_hashes().items()},
         "data.dataset": manifest["dataset"],
@@ -215,7 +216,7 @@ def run(params: Params, params_path: Path, out_path: Path) -> dict:
     }
     started = time.perf_counter()
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=f"{params.train.model}-{tags['git_commit'][:8]}", tags=tags
+        experiment_id=experiment_id, run_name=f"{params.train.model}-{tags['git.base_commit'][:8]}", tags=tags
     ) as run:
         _log_run(mlflow, params, params_path, inputs)
         info = _log_models(mlflow, params.paths, inputs["stats"], variant)

@@ -298,7 +298,25 @@ def test_register_fails_clearly_when_mlflow_or_s3_is_down_and_no_version_lacks_a
     versions = {v.version for v in client.search_model_versions(f"name='{MODEL}'")}
     fail_fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # default: 7 retries with backoff, >4 min to fail
     out = stack.work / "reports/registration-fault.json"
+    # without dvc.lock there is no lineage key, so register cannot reuse the version the pipeline registered: it
+    # must log and register anew, which is what the faults below interrupt
+    lock = stack.work / "dvc.lock"
+    lock.rename(stack.work / "dvc.lock.aside")
+    try:
+        _register_with_services_down(stack, out, fail_fast)
+    finally:
+        (stack.work / "dvc.lock.aside").rename(lock)
+    assert {v.version for v in client.search_model_versions(f"name='{MODEL}'")} == versions
+    for version in client.search_model_versions(f"name='{MODEL}'"):  # every version has its files in S3
+        assert "MLmodel" in {k.rsplit("/", 1)[-1] for k in stack.keys("mlflow-artifacts",
+                                                                           _artifact_prefix(stack, version.source))}
+    runs = client.search_runs([pipeline["experiment_id"]], order_by=["attributes.start_time DESC"])
+    print("[stack] runs:", [(r.info.run_id[:8], r.info.status, r.data.tags.get("registered_version")) for r in runs])
+    assert runs and runs[0].info.status == "FAILED", "the interrupted run is marked FAILED"
 
+
+def _register_with_services_down(stack, out, fail_fast) -> None:
+    """`mlops register` with the MLflow server down, then with its S3 down: each fails clearly, writes nothing."""
     # 1. the MLflow server is gone: the first call fails, naming the server
     _kill_group(stack.pid("mlflow"))
     started = time.monotonic()
@@ -324,14 +342,6 @@ def test_register_fails_clearly_when_mlflow_or_s3_is_down_and_no_version_lacks_a
     print(f"[stack] mlops register with S3 down behind MLflow failed after {time.monotonic() - started:.1f} s: "
           f"{output.strip().splitlines()[-1][:300]}")
     stack.up()
-
-    assert {v.version for v in client.search_model_versions(f"name='{MODEL}'")} == versions
-    for version in client.search_model_versions(f"name='{MODEL}'"):  # every version has its files in S3
-        assert "MLmodel" in {k.rsplit("/", 1)[-1] for k in stack.keys("mlflow-artifacts",
-                                                                           _artifact_prefix(stack, version.source))}
-    runs = client.search_runs([pipeline["experiment_id"]], order_by=["attributes.start_time DESC"])
-    print("[stack] runs:", [(r.info.run_id[:8], r.info.status, r.data.tags.get("registered_version")) for r in runs])
-    assert runs and runs[0].info.status == "FAILED", "the interrupted run is marked FAILED"
 
 
 # ------------------------------------------------------------------------------------------------ down

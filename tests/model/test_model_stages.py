@@ -114,17 +114,22 @@ def test_evaluate_then_register_blesses_a_challenger(stages, mlflow_store, tmp_p
                                     "paths": {"prepared": str(root / "prepared"), "model": str(root / "model.keras"),
                                               "compressed": str(root / "compressed")}})
     Path("params.yaml").write_text("{}\n")
+    Path("dvc.lock").write_text("schema: '2.0'\nstages:\n  train:\n    outs: [{path: model.keras, md5: abc}]\n")
     record = register.run(params, Path("params.yaml"), tmp_path / "reports/registration.json")
-    assert record["alias"] == "challenger" and record["version"] == 1
+    assert record["alias"] is None and record["version"] == 1 and record["blessed"] is True
 
     client = mlflow.MlflowClient()
-    version = client.get_model_version_by_alias("tiny", "challenger")
+    assert not client.get_registered_model("tiny").aliases, "register sets no alias (commit-run does, after the push)"
+    version = client.get_model_version("tiny", "1")
+    assert version.tags["lineage.key"] == record["lineage_key"] and version.tags["model.sha256"] == record["sha256"]
+    again = register.run(params, Path("params.yaml"), tmp_path / "reports/registration.json")
+    assert again["version"] == 1 and again["reused"], "the same lineage key registers nothing new"
     assert version.tags["eval.blessed"] == "true"
     assert version.tags["data.manifest_checksum"] == io.read_json(root / "prepared" / "manifest.json")["checksum"]
-    assert "git_commit" in version.tags
+    assert "git.base_commit" in version.tags and "git_commit" not in version.tags  # commit-run adds the run's own
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias("tiny", "champion")
-    model = mlflow.pyfunc.load_model("models:/tiny@challenger")
+    model = mlflow.pyfunc.load_model("models:/tiny/1")
     x, y = io.read_split(root / "prepared", "test")
     probs = model.predict(x.astype(np.float32))
     assert probs.shape == (60, 3)

@@ -166,4 +166,9 @@ def make_register_workspace(work: Path, template: Path, model_name: str, *, tfli
     for key, value in (params or {}).items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     write_yaml(work / "params.yaml", base)
+    if not (work / ".git").is_dir():  # a git working copy, as a project is: `mlops commit-run` commits it
+        (work / ".gitignore").write_text("/mlflow/\n")
+        for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workspace"]):
+            subprocess.run(cmd, cwd=work, check=True, capture_output=True)
     return work

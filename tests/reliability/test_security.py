@@ -63,7 +63,7 @@ def test_the_secret_never_reaches_output_logs_runs_or_artifacts(template, aws_en
     caplog.set_level(logging.DEBUG)  # everything any library logs, botocore's request logging included
 
     outputs = []
-    for args in (["register"], ["promote", "--approve", "--by", "security-officer", "--reason", "drill", "--publish"],
+    for args in (["register"], ["commit-run"], ["promote", "--approve", "--by", "security-officer", "--reason", "drill", "--publish"],
                  ["deploy"], ["status"]):
         code, text = cli(*args)
         assert code == 0, text
