@@ -96,14 +96,14 @@ def main() -> None:
         }
         seed = make_project(tmp / "seed", params)
         url = _remotes(seed, tmp, endpoint)
-        run(["dvc", "repro"], seed, dict(os.environ))
-        run(["mlops", "commit-run", "--name", "seed", "--remote", "origin"], seed, dict(os.environ))
+        run(["dvc", "repro"], seed)
+        run(["mlops", "commit-run", "--name", "seed", "--remote", "origin"], seed)
         workspace = seed  # the standing workspace of the baseline: data, models and caches already there
         rows = []
         for trial in range(args.trials):
             epochs = args.epochs + 1 + trial
             update_params(workspace / "params.yaml", {"train.epochs": epochs})
-            baseline = timed(["dvc", "repro"], workspace, dict(os.environ))
+            baseline = timed(["dvc", "repro"], workspace)
             phases = _clone_run(url, tmp / f"clone-{trial}", epochs, f"bench-{trial}")
             total = sum(phases.values())
             overhead = phases["clone"] + phases["pull"] + phases["commit_push"]

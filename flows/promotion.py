@@ -52,13 +52,13 @@ def review(model_name: str) -> dict:
 
 
 @task(cache_policy=NO_CACHE)
-def decide(model_name: str, decision: Approval) -> dict:
-    """Carry out the approver's decision (audited)."""
+def decide(model_name: str, decision: Approval, reviewed: str) -> dict:
+    """Carry out the approver's decision (audited) on the version they reviewed (refused if `challenger` moved)."""
     from pipeline.registry import promotion
 
     if decision.approve:
-        return promotion.approve(model_name, decision.approver, decision.reason)
-    return promotion.reject(model_name, decision.approver, decision.reason)
+        return promotion.approve(model_name, decision.approver, decision.reason, reviewed)
+    return promotion.reject(model_name, decision.approver, decision.reason, reviewed)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 30])
@@ -106,7 +106,7 @@ def promotion_flow(
         ),
         timeout=timeout_s,
     )
-    record = decide(model_name, decision)
+    record = decide(model_name, decision, str(cmp["challenger"]["version"]))
     result = {"decision": record["action"], "audit": record}
     if decision.approve:
         result["champion_commit"] = champion_branch(str(root), model_name, remote)

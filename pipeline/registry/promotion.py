@@ -125,18 +125,29 @@ def _audit(client, model_name: str, action: str, by: str, reason: str, versions:
     return record
 
 
-def _pending_challenger(model_name: str, by: str, action: str):
-    """The `challenger` version a decision is about (after checking the approver's name), or StageError."""
+def _pending_challenger(model_name: str, by: str, action: str, reviewed: str | None = None):
+    """The `challenger` version a decision is about (after checking the approver's name), or StageError.
+
+    `reviewed`: the version the approver was shown; when `challenger` has moved since (another run finished
+    meanwhile), the decision is refused rather than applied to a version nobody reviewed.
+    """
     _require_name(by)
     challenger = store.version_by_alias(model_name, CHALLENGER)
     if challenger is None:
         raise StageError(f"{model_name}: no '{CHALLENGER}' to {action}.")
+    if reviewed is not None and str(challenger.version) != str(reviewed):
+        raise StageError(
+            f"{model_name}: '{CHALLENGER}' moved from the reviewed v{reviewed} to v{challenger.version}; "
+            f"nothing was changed — review v{challenger.version} (`mlops promote`, or its promotion flow run)."
+        )
     return challenger
 
 
-def approve(model_name: str, by: str, reason: str) -> dict:
-    """Champion ← challenger (previous ← old champion). Refuses anything evaluation did not bless."""
-    challenger = _pending_challenger(model_name, by, "approve")
+def approve(model_name: str, by: str, reason: str, reviewed: str | None = None) -> dict:
+    """Champion ← challenger (previous ← old champion). Refuses anything evaluation did not bless, and — given the
+    `reviewed` version — a challenger that changed since the review.
+    """
+    challenger = _pending_challenger(model_name, by, "approve", reviewed)
     client = store.client()
     if challenger.tags.get("eval.blessed") != "true":
         raise StageError(f"{model_name} v{challenger.version} was not blessed by evaluation; it cannot be promoted.")
@@ -151,9 +162,9 @@ def approve(model_name: str, by: str, reason: str) -> dict:
     return _audit(client, model_name, "approve", by, reason, versions, cmp["diff"])
 
 
-def reject(model_name: str, by: str, reason: str) -> dict:
+def reject(model_name: str, by: str, reason: str, reviewed: str | None = None) -> dict:
     """Tag the challenger as rejected and withdraw its alias; the version stays in the registry."""
-    challenger = _pending_challenger(model_name, by, "reject")
+    challenger = _pending_challenger(model_name, by, "reject", reviewed)
     client = store.client()
     client.set_model_version_tag(model_name, challenger.version, "promotion.decision", "rejected")
     client.delete_registered_model_alias(model_name, CHALLENGER)

@@ -72,3 +72,17 @@ def test_unblessed_or_missing_challenger_is_never_promoted(mlflow_store):
     assert promote.aliases(NAME)["champion"] is None
     with pytest.raises(StageError, match="rollback needs"):
         promote.rollback(NAME, "alice", "")
+
+
+def test_a_decision_applies_only_to_the_reviewed_challenger(mlflow_store):
+    """Two runs finished: the approver reviewed v1, but `challenger` moved to v2 meanwhile — nothing changes."""
+    v1 = _version(0.90, True)
+    reviewed = promote.compare(NAME)["challenger"]["version"]
+    v2 = _version(0.91, True)
+    for decide in (promote.approve, promote.reject):
+        with pytest.raises(StageError, match=f"moved from the reviewed v{v1} to v{v2}"):
+            decide(NAME, "erin", "looked good", reviewed)
+    assert promote.aliases(NAME) == {"champion": None, "challenger": v2, "previous": None}
+    assert promote.history(NAME) == []
+    promote.approve(NAME, "erin", "reviewed v2", v2)
+    assert promote.aliases(NAME)["champion"] == v2
