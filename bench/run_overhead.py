@@ -4,8 +4,9 @@ ratio of the run's wall time; and the clone-based run ÷ the same retrain in a s
 Each trial retrains (a new `train.epochs`: train → compress → evaluate → register rerun) twice, alternating:
 (A) in one long-lived workspace (`dvc repro` only: the baseline), (B) as the training flow does it — `git clone`
 of the remote, check out runs/latest, `dvc pull`, the same params change, `dvc repro`, then commit_run (snapshot
-commit, `dvc push --run-cache`, `git push`, version tags, alias). Same data, params, code and MLflow store on both
-sides; git remote = a bare repository, DVC remote = a real S3 server (nanio) on this machine.
+commit, `dvc push --run-cache`, `git push`, version tags, alias). Same data, params and code on both sides, each
+logging to its workspace's embedded MLflow store (the test helpers keep MLFLOW_* out of subprocesses); git
+remote = a bare repository, DVC remote = a real S3 server (nanio) on this machine.
 
     python bench/run_overhead.py [--trials 3] [--per-class 300] [--epochs 3]
 """
@@ -80,7 +81,6 @@ def main() -> None:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": endpoint,
             "MLOPS_DVC_REMOTE": "s3://dvc/bench",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
         }
     )
     try:
