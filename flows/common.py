@@ -10,11 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.core.process import run_streaming
-from pipeline.versioning.workspace import dvc_remote_configured
 
 __all__ = [
     "WorkspaceBusy",
-    "dvc_remote_configured",
     "require_shared_mlflow",
     "run_name",
     "run_streaming",

@@ -37,6 +37,14 @@ def _clone(remote: str, dest: Path) -> Git:
     return Git(dest)
 
 
+def _push_new_code(remote: str, dest: Path, code: str) -> None:
+    """A developer pushes a new commit to the default branch (after a run exists)."""
+    dev = _clone(remote, dest)
+    (dev.root / "code.py").write_text(code)
+    _git(dev.root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "new code")
+    _git(dev.root, "push", "-q", "origin", "main")
+
+
 def _run(git: Git, remote: str, name: str, edit: dict[str, str]) -> tuple[str, dict]:
     base = checkout_base(git, remote, lambda _: None)
     for file, text in edit.items():
@@ -57,10 +65,7 @@ def test_first_run_starts_from_the_default_branch_and_later_runs_from_runs_lates
 
 def test_new_code_on_the_default_branch_is_merged_into_the_last_run(remote, tmp_path):
     run_commit, _ = _run(_clone(remote, tmp_path / "w1"), remote, "one", {"dvc.lock": "lock 1\n"})
-    dev = _clone(remote, tmp_path / "dev")
-    (dev.root / "code.py").write_text("x = 2\n")
-    _git(dev.root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "new code")
-    _git(dev.root, "push", "-q", "origin", "main")
+    _push_new_code(remote, tmp_path / "dev", "x = 2\n")
     worker = _clone(remote, tmp_path / "w2")
     base = checkout_base(worker, remote, lambda _: None)
     assert base.source == "runs/latest + main" and base.latest == run_commit
@@ -143,10 +148,7 @@ def test_git_errors_name_the_command_without_credentials(tmp_path):
 
 def test_a_shallow_clone_like_prefects_pull_step_still_finds_the_last_run(remote, tmp_path):
     run_commit, _ = _run(_clone(remote, tmp_path / "w1"), remote, "one", {"dvc.lock": "lock 1\n"})
-    dev = _clone(remote, tmp_path / "dev")
-    (dev.root / "code.py").write_text("x = 3\n")
-    _git(dev.root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "new code")
-    _git(dev.root, "push", "-q", "origin", "main")
+    _push_new_code(remote, tmp_path / "dev", "x = 3\n")
     shallow = tmp_path / "shallow"
     subprocess.run(["git", "clone", "-q", "--depth", "1", remote, str(shallow)], check=True, capture_output=True)
     base = checkout_base(Git(shallow), remote, lambda _: None)
