@@ -1,0 +1,61 @@
+"""Integration tier: one tiny trained workspace with an approved champion, built once per session and shared.
+
+Tests that only read it (load the champion, predict, serve) use it as is; a test that changes it copies what it
+needs first. Building it is one `dvc repro` on a small subset, `mlops commit-run` (challenger) and
+`mlops promote --approve` (champion): the same commands a user runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers_project import FASHION_MNIST, make_project, run
+
+TINY_MODEL = "tiny-classifier"
+TINY = {
+    "ingest": {"max_per_class": 100},
+    "train": {"width": 16, "epochs": 3, "batch_size": 32},
+    "compress": {"fine_tune_epochs": 1, "representative_samples": 50},
+    "evaluate": {"min_accuracy": 0.3, "per_class_floor": 0.0, "max_drop_vs_fp32": 0.1, "latency_runs": 5},
+    "register": {"model_name": TINY_MODEL, "experiment": "tiny"},
+}
+
+
+@dataclass(frozen=True)
+class TinyWorkspace:
+    """A trained, registered and approved workspace: `root` (git + DVC + embedded MLflow under mlflow/)."""
+
+    root: Path
+    model_name: str
+    version: int  # the champion's registry version
+
+    @property
+    def tracking_uri(self) -> str:
+        """The embedded MLflow store of the workspace (what `mlops` uses there)."""
+        return f"sqlite:///{self.root / 'mlflow/mlflow.db'}"
+
+    def metrics(self, name: str) -> dict:
+        """metrics/<name>.json of the workspace (train, compress, evaluate)."""
+        return json.loads((self.root / "metrics" / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory) -> TinyWorkspace:
+    """`dvc repro` on 100 images per class, committed as a run and approved as champion (built once)."""
+    assert FASHION_MNIST is not None, "needs the Fashion-MNIST files: run `make dataset`"
+    base = tmp_path_factory.mktemp("tiny")
+    work = make_project(base, TINY)
+    run(["dvc", "repro"], work)
+    run(["git", "clone", "-q", "--bare", str(work), str(base / "remote.git")], base)
+    run(["git", "remote", "add", "origin", f"file://{base / 'remote.git'}"], work)
+    run(["dvc", "remote", "add", "-d", "store", str(base / "dvc-store")], work)
+    committed = json.loads(run(["mlops", "commit-run", "--name", "tiny", "--remote", "origin"], work).stdout
+                           .splitlines()[-1])
+    assert committed["alias"] == "challenger", committed
+    run(["mlops", "promote", "--approve", "--by", "ci", "--reason", "tiny workspace fixture"], work)
+    record = json.loads((work / "reports/registration.json").read_text())
+    return TinyWorkspace(root=work, model_name=TINY_MODEL, version=int(record["version"]))
