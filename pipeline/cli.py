@@ -184,6 +184,34 @@ def rollback(
 
 
 @app.command()
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Image files, or folders searched recursively.")],
+    params: ParamsOpt = DEFAULT_PARAMS,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="CSV to write (path,label,probability,error); '-' = stdout.")
+    ] = Path("predictions.csv"),
+    alias: Annotated[str | None, typer.Option(help="Registry alias to use (default: champion).")] = None,
+    version: Annotated[int | None, typer.Option(help="Registry version to use instead of an alias.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (default: evaluate.batch_size).")] = None,
+) -> None:
+    """Classify image files with a registered model into a CSV; exit 1 when some files failed (rows still written)."""
+    from pipeline.delivery import predict as predictor
+
+    if alias is not None and version is not None:
+        fail("give --alias or --version, not both")
+    cfg = load(params)
+    batch = cfg.evaluate.batch_size if batch_size is None else batch_size
+    pinned = None if version is None else str(version)
+    done = call(predictor.run, cfg.register_.model_name, paths, output, alias=alias, version=pinned, batch_size=batch)
+    where = "stdout" if output == predictor.STDOUT else str(output)
+    ok = f"{done.files - done.failed}/{done.files}"
+    typer.echo(f"{done.model.model_name} v{done.model.version}: {ok} files classified -> {where}", err=True)
+    if done.failed:
+        typer.secho(f"{done.failed} file(s) failed: see the error column of {where}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def status(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Registry aliases and the audit history of the configured model."""
     from pipeline.registry import promotion
