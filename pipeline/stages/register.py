@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated
 
 import numpy as np
@@ -97,36 +98,73 @@ def _log_outputs(mlflow, outputs: list[tuple[Path, str]]) -> None:
                 mlflow.log_artifact(str(path), artifact_path=folder)
 
 
-def _signature(stats: dict):
-    """Tensor signature of the pyfunc: float32 (N, H, W, C) pixels in, (N, K) probabilities out."""
+def _signature(stats: dict, image: str | None = "image", output: str | None = None):
+    """Tensor signature: float32 (N, H, W, C) pixels in (Keras: unnamed), (N, K) float32 out (probabilities/logits)."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     shape = tuple(stats["image_shape"])
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape), "image")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(stats["class_names"])))]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape), image)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(stats["class_names"])), output)]),
     )
 
 
+def _input_example(prepared: Path, stats: dict) -> np.ndarray:
+    """One image (1, H, W, C) float32: the first of the prepared test split (a mid-grey image where there is none)."""
+    try:
+        x, _ = io.read_split(prepared, "test")
+    except FileNotFoundError:
+        return np.full((1, *stats["image_shape"]), 128.0, np.float32)
+    return x[:1].astype(np.float32)
+
+
 def _log_models(mlflow, paths: PathsConfig, stats: dict, variant: str):
-    """Log the serving pyfunc (the deploy variant's .tflite + labels.json) and the Keras model; the pyfunc's info."""
+    """Log the serving pyfunc and the Keras model, each with its signature and input example; the pyfunc's info.
+
+    The pyfunc is MLflow "models from code": pipeline/registry/pyfunc.py (it imports nothing of this project) plus
+    the deploy variant's .tflite and labels.json, with requirements PIP_REQUIREMENTS (no TensorFlow). The Keras
+    model (logits out) goes in as MLflow's keras flavour.
+    """
     import keras
 
-    from pipeline.registry.pyfunc import TFLiteClassifier
+    from pipeline.registry import pyfunc
 
+    example = _input_example(Path(paths.prepared), stats)
     with tempfile.TemporaryDirectory() as tmp:
         labels = Path(tmp) / "labels.json"
         labels.write_text(json.dumps(stats["class_names"]))
         info = mlflow.pyfunc.log_model(
             name="classifier",
-            python_model=TFLiteClassifier(),
+            python_model=pyfunc.__file__,
             artifacts={"tflite": str(Path(paths.compressed) / f"{variant}.tflite"), "labels": str(labels)},
             signature=_signature(stats),
+            input_example=example,
             pip_requirements=PIP_REQUIREMENTS,
         )
-    mlflow.keras.log_model(keras.models.load_model(paths.model), name="keras", pip_requirements=["keras==3.15.1"])
+    mlflow.models.Model.log(
+        artifact_path=None,
+        name="keras",
+        flavor=SimpleNamespace(save_model=_save_keras),
+        flavor_name="mlflow.keras",
+        model=keras.models.load_model(paths.model),
+        signature=_signature(stats, image=None, output="logits"),
+        input_example=example,
+        pip_requirements=["keras==3.15.1"],
+    )
     return info
+
+
+def _save_keras(path: str, **kwargs) -> None:
+    """mlflow.keras.save_model (what mlflow.keras.log_model runs), creating `path` first.
+
+    MLflow 3.17.2 writes the input example before it makes the folder (mlflow/mlflow issue 16183), so
+    mlflow.keras.log_model(..., input_example=...) fails with FileNotFoundError.
+    """
+    import mlflow.keras
+
+    os.makedirs(path, exist_ok=True)
+    mlflow.keras.save_model(path=path, **kwargs)
 
 
 def _log_run(mlflow, params: Params, params_path: Path, inputs: dict) -> None:
@@ -190,9 +228,9 @@ def run(params: Params, params_path: Path, out_path: Path) -> dict:
     The version gets its lineage key (dvc.lock up to evaluation) and the deploy variant's sha256; `challenger`
     comes later, from `pipeline.versioning.commit` once the run is a pushed commit. A version with the same
     lineage key is reused, not registered twice. Reads (from `params.paths`): prepared stats.json +
-    manifest.json, the validation and evaluation reports, train/compress/evaluate metrics, plots, data docs,
-    the model and the deploy variant's .tflite; `params_path` and dvc.lock. Writes: the MLflow run and model
-    version, and `out_path` (the registration record).
+    manifest.json + the first test image (input example), the validation and evaluation reports, train/compress/
+    evaluate metrics, plots, data docs, the model and the deploy variant's .tflite; `params_path` and dvc.lock.
+    Writes: the MLflow run and model version, and `out_path` (the registration record).
     """
     import mlflow
 
