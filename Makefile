@@ -19,12 +19,18 @@ run: setup dataset  ## set up and run the whole pipeline (dvc repro) on the defa
 repro:  ## rerun only what changed
 	dvc repro
 
-setup: $(VENV)/.installed
+# GPU=1: also the `gpu` extra (JAX with CUDA), so `train.backend: auto` trains on the machine's NVIDIA GPU
+GPU ?= 0
+COMMA := ,
+EXTRAS := dev$(if $(filter 1,$(GPU)),$(COMMA)gpu)
+INSTALLED := $(VENV)/.installed-$(subst $(COMMA),-,$(EXTRAS))
 
-$(VENV)/.installed: pyproject.toml
+setup: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 dataset: setup  ## data/raw/fashion-mnist as data/raw/fashion-mnist.dvc pins it: dvc pull, else the Debian package

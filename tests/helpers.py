@@ -86,3 +86,13 @@ def good_splits(n_classes: int = 3, shape: tuple[int, int, int] = (8, 8, 1)) -> 
         "test": make_images(6, n_classes, shape, seed=3),
         "stream": make_images(4, n_classes, shape, seed=4),
     }
+
+
+def fake_nvidia_smi(bin_dir: Path, gpus: tuple[str, ...] = ("NVIDIA H200",)) -> Path:
+    """An `nvidia-smi` on `bin_dir` whose `-L` lists `gpus`, as on a GPU machine (put bin_dir first on PATH)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    lines = "".join(f'echo "GPU {i}: {name} (UUID: GPU-{i:08d}-fake)"\n' for i, name in enumerate(gpus))
+    script = bin_dir / "nvidia-smi"
+    script.write_text(f'#!/bin/sh\n[ "$1" = "-L" ] || exit 9\n{lines}')
+    script.chmod(0o755)
+    return script

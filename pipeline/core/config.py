@@ -95,7 +95,9 @@ class TrainConfig(Section):
     weight_decay: float = Field(5e-4, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: AugmentConfig = AugmentConfig()
-    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    backend: Literal["auto", "tensorflow", "jax"] = "auto"
+    device: Literal["auto", "gpu", "cpu"] = "auto"
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
     max_train_samples: int | None = Field(None, ge=1)
 
 

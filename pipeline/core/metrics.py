@@ -22,3 +22,8 @@ def numeric_metrics(prefix: str, obj) -> dict[str, float]:
         for k, v in flatten(prefix, obj).items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     }
+
+
+def text_tags(prefix: str, obj: dict, keys: tuple[str, ...]) -> dict[str, str]:
+    """The named word (not number) entries of a metrics dict as `prefix.key` → str tags; missing ones left out."""
+    return {f"{prefix}.{key}": str(obj[key]) for key in keys if obj.get(key) is not None}

@@ -66,3 +66,24 @@ def build_model(name: str, input_shape, num_classes: int, mean, std, *, flip: bo
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(BUILDERS)}")
     return BUILDERS[name](keras, input_shape, num_classes, mean, std, flip=flip, translate=translate, width=width)
+
+
+def load_float32(path):
+    """The saved .keras model computing in float32, whichever backend and precision trained it.
+
+    A mixed-precision model (mixed_float16 / mixed_bfloat16 layer policies, e.g. trained on a GPU) is rebuilt
+    layer by layer with float32 policies and the same weights (its variables are float32 already): pruning,
+    TFLite conversion and CPU evaluation then see the float32 graph they expect. Loaded without its optimizer.
+    """
+    import keras
+
+    model = keras.models.load_model(path, compile=False)
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+
+    def as_float32(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    rebuilt = keras.models.clone_model(model, clone_function=as_float32)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt

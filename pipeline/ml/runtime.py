@@ -1,6 +1,6 @@
-"""Backend/device facts and the distribution scope.
+"""Backend/device facts and the distribution scope, once Keras is imported (the choice: pipeline/ml/accelerator.py).
 
-GPUs → mixed precision + MirroredStrategy; TF_CONFIG → multi-worker.
+TensorFlow: GPUs → MirroredStrategy, TF_CONFIG → multi-worker. JAX: several GPUs → keras.distribution.DataParallel.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 
 
 def backend() -> str:
@@ -35,18 +36,33 @@ def gpu_count() -> int:
     return 0
 
 
-def configure_precision(mode: str) -> str:
-    """Set the global Keras dtype policy: 'auto' → mixed precision only on GPU. Returns the policy name."""
+def configure_precision(policy: str) -> str:
+    """Set the global Keras dtype policy (float32, mixed_float16 or mixed_bfloat16). Returns the policy name."""
     import keras
 
-    use_mixed = mode == "on" or (mode == "auto" and gpu_count() > 0)
-    policy = ("mixed_bfloat16" if backend() == "jax" else "mixed_float16") if use_mixed else "float32"
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
 
+def _jax_scope():
+    """Data parallelism over every GPU JAX sees (keras.distribution); one device or the CPU: no distribution."""
+    if os.environ.get("TF_CONFIG"):
+        from pipeline.core.errors import StageError
+
+        raise StageError("TF_CONFIG (multi-worker training) needs train.backend: tensorflow; it is set under jax.")
+    gpus = gpu_count()
+    if gpus < 2:
+        return contextlib.nullcontext(), "none"
+    import keras
+
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=keras.distribution.list_devices("gpu")))
+    return contextlib.nullcontext(), f"data_parallel({gpus})"
+
+
 def distribution_scope():
     """A scope to build/compile the model in: multi-worker if TF_CONFIG is set, mirrored on GPUs, else none."""
+    if backend() == "jax":
+        return _jax_scope()
     if backend() != "tensorflow":
         return contextlib.nullcontext(), "none"
     import tensorflow as tf
@@ -86,8 +102,42 @@ def is_chief() -> bool:
     return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else (platform.processor() or platform.machine())
+
+
+def device_name() -> str:
+    """The first GPU's name as the backend reports it, or the CPU's model name when the backend sees no GPU."""
+    name = backend()
+    if gpu_count() == 0:
+        return _cpu_name()
+    if name == "jax":
+        import jax
+
+        return str(next(d for d in jax.devices() if d.platform == "gpu").device_kind)
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+        return str(details.get("device_name", "GPU"))
+    return "GPU"
+
+
 def describe() -> dict:
     """Small JSON-able summary of the compute environment for metrics and lineage."""
     import keras
 
-    return {"backend": backend(), "gpus": gpu_count(), "keras": keras.__version__, "cpus": os.cpu_count()}
+    gpus = gpu_count()
+    return {
+        "backend": backend(),
+        "device": "gpu" if gpus else "cpu",
+        "device_name": device_name(),
+        "gpus": gpus,
+        "keras": keras.__version__,
+        "cpus": os.cpu_count(),
+    }

@@ -61,16 +61,19 @@ def size_info(path: Path) -> dict:
 def run(cfg: CompressConfig, seed: int, data_dir: Path, model_path: Path, out_dir: Path, metrics_path: Path) -> dict:
     """Prune + fine-tune the trained model, then convert it to every TFLite variant.
 
-    Reads: `data_dir/stats.json` and train shards (fine-tuning, int8 calibration), `model_path` (.keras).
+    Reads: `data_dir/stats.json` and train shards (fine-tuning, int8 calibration), `model_path` (.keras, from
+    either backend, any precision).
     Writes: `out_dir/` (pruned.keras and {fp32,fp16,dynamic,int8}.tflite, atomically) and `metrics_path`
     (sparsity, sizes, gzip sizes, size ratios vs fp32).
     """
     import keras
 
+    from pipeline.ml.models import load_float32
+
     stats = io.read_json(Path(data_dir) / "stats.json")
     x_train, y_train = io.read_split(data_dir, "train")
     keras.utils.set_random_seed(seed)
-    model = keras.models.load_model(model_path)
+    model = load_float32(model_path)  # a model trained in mixed precision (GPU) is pruned and converted in float32
     pruning_info = prune(model, cfg, x_train, y_train, len(stats["class_names"]), seed)
 
     rng = np.random.default_rng(seed)

@@ -89,9 +89,9 @@ def decide(cfg: EvaluateConfig, acc: dict[str, float], classes: dict, champion: 
 
 
 def _keras_scores(model_path: Path, x: np.ndarray, batch_size: int, runs: int) -> tuple[np.ndarray, float]:
-    import keras
+    from pipeline.ml.models import load_float32
 
-    model = keras.models.load_model(model_path)
+    model = load_float32(model_path)
     logits = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
     from pipeline.ml.timing import median_latency_ms
 

@@ -23,7 +23,7 @@ import typer
 from pipeline.core import io
 from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, load, path_or
 from pipeline.core.config import Params, PathsConfig
-from pipeline.core.metrics import flatten, numeric_metrics
+from pipeline.core.metrics import flatten, numeric_metrics, text_tags
 
 PIP_REQUIREMENTS = ["ai-edge-litert==2.3.0", "numpy==2.4.6", "mlflow==3.17.2"]
 
@@ -181,6 +181,7 @@ def _log_run(mlflow, params: Params, params_path: Path, inputs: dict) -> None:
             ),
         }
     )
+    mlflow.set_tags(text_tags("train", inputs["train"], ("backend", "device", "device_name", "precision", "strategy")))
     _log_history(mlflow, Path(paths.train_plots) / "history.csv")
     _log_outputs(mlflow, _stage_outputs(paths))
     for file in (Path(params_path), Path("dvc.lock"), Path(paths.prepared) / "manifest.json"):

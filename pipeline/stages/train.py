@@ -1,4 +1,5 @@
-"""Train stage: Keras 3 model on prepared shards; resumable, seeded, GPU-aware; writes model, metrics, curves.
+"""Train stage: Keras 3 model on prepared shards; TensorFlow or JAX, CPU or GPU; resumable, seeded; writes
+model, metrics, curves.
 
 Command: `python -m pipeline.stages.train` (what dvc.yaml runs) or `mlops train`.
 """
@@ -129,6 +130,7 @@ def _outputs(backup_dir: Path, model_path: Path, metrics_path: Path, plots_dir: 
 def _compiled_model(keras, cfg: TrainConfig, stats: dict, num_classes: int, steps: int):
     """The configured architecture with AdamW + warmup/cosine schedule and a one-hot cross-entropy loss."""
     from pipeline.ml.models import build_model
+    from pipeline.ml.schedule import warmup_cosine
 
     model = build_model(
         cfg.model,
@@ -140,12 +142,8 @@ def _compiled_model(keras, cfg: TrainConfig, stats: dict, num_classes: int, step
         translate=cfg.augment.translate,
         width=cfg.width,
     )
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0,
-        decay_steps=max(1, steps - steps // 10),
-        warmup_target=cfg.learning_rate,
-        warmup_steps=max(1, steps // 10),
-        alpha=0.01,
+    schedule = warmup_cosine(
+        keras, cfg.learning_rate, warmup_steps=max(1, steps // 10), decay_steps=max(1, steps - steps // 10), alpha=0.01
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
@@ -156,11 +154,19 @@ def _compiled_model(keras, cfg: TrainConfig, stats: dict, num_classes: int, step
 
 
 def _save(model, out: dict, history_csv: Path) -> dict[str, list[float]]:
-    """Write the model (atomically), the per-epoch history CSV and the curves PNG; return the history."""
+    """Write the model (atomically), the per-epoch history CSV and the curves PNG; return the history.
+
+    The .keras file holds the architecture and weights without the optimizer (an uncompiled copy): it loads with
+    plain `keras.models.load_model` under either backend; a killed run resumes from BackupAndRestore, not from it.
+    """
+    import keras
+
     from pipeline.ml import plots
 
+    inference = keras.Model.from_config(model.get_config())  # clone_model would copy the compile config too
+    inference.set_weights(model.get_weights())
     with io.atomic_path(out["model"]) as tmp:
-        model.save(tmp)
+        inference.save(tmp)
     history = _read_history(history_csv)
     out["plots"].mkdir(parents=True, exist_ok=True)
     _write_history(history_csv, out["plots"] / "history.csv")
@@ -198,7 +204,7 @@ def _metrics(
         "fit_seconds": round(wall, 2),
         "epoch_seconds": [round(t, 2) for t in epoch_times],
         "images_per_second": round(n_train / float(np.median(steady)), 1) if steady else None,
-        "dtype_policy": policy,
+        "precision": policy,
         "strategy": strategy,
         **runtime.describe(),
     }
@@ -207,20 +213,28 @@ def _metrics(
 def run(
     cfg: TrainConfig, seed: int, data_dir: Path, model_path: Path, metrics_path: Path, plots_dir: Path, backup_dir: Path
 ) -> dict:
-    """Train the configured model; resumes from `backup_dir` when a previous run was killed.
+    """Train the configured model on the configured backend/device; resumes from `backup_dir` after a kill.
+
+    The backend and device are chosen before Keras is imported (pipeline/ml/accelerator.py): a visible GPU
+    that the backend cannot use stops the stage instead of training slowly on the CPU.
 
     Reads: `data_dir/stats.json` and the train/val shards. Writes: `model_path` (.keras, atomically),
     `metrics_path` (metrics/train.json), `plots_dir/history.csv` and `plots_dir/training_curves.png`;
     `backup_dir` holds BackupAndRestore state while training and is removed at the end.
     """
+    from pipeline.ml import accelerator
+
+    chosen = accelerator.plan(cfg.backend, cfg.device, accelerator.visible_gpus())
+    accelerator.activate(chosen)
     import keras
 
     from pipeline.ml import multiworker, runtime
 
+    device = accelerator.check_devices(chosen, runtime.gpu_count())
+    policy = runtime.configure_precision(accelerator.precision_policy(cfg.precision, chosen.backend, device))
     stats, x_train, y_train, x_val, y_val = _load_splits(cfg, data_dir)
     num_classes = len(stats["class_names"])
     keras.utils.set_random_seed(seed)
-    policy = runtime.configure_precision(cfg.mixed_precision)
     out, resuming = _outputs(backup_dir, model_path, metrics_path, plots_dir)
     history_csv = out["backup"] / "history.csv"
     multi = runtime.worker_task() is not None
