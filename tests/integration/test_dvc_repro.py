@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,14 +99,27 @@ def test_dvc_repro_registers_a_challenger_and_reruns_only_what_changed(tmp_path)
         assert expected and _edit_reruns_exactly_its_importers(work, module) == expected, module
     assert _stages_with_changed_code(work) == set()
 
+    # a train-only change reruns train → register; here it also switches the Keras backend: the rest of the
+    # pipeline (TensorFlow: pruning, TFLite conversion, evaluation) takes a JAX model trained in mixed bfloat16
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["train"]["epochs"] = 4
+    params["train"].update(epochs=4, backend="jax", precision="mixed_bfloat16")
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    started = time.perf_counter()
     changed = run(["dvc", "repro"], work)
+    wall = time.perf_counter() - started
     ran = {s for s in ("ingest", "validate", "preprocess", "train", "compress", "evaluate", "register")
            if f"Running stage '{s}'" in changed.stdout}
     assert ran == {"train", "compress", "evaluate", "register"}, changed.stdout
-    assert json.loads((work / "reports/registration.json").read_text())["version"] == record["version"] + 1
+    registered = json.loads((work / "reports/registration.json").read_text())
+    assert registered["version"] == record["version"] + 1
+    trained = json.loads((work / "metrics/train.json").read_text())
+    assert (trained["backend"], trained["precision"], trained["device"]) == ("jax", "mixed_bfloat16", "cpu")
+    tags = client.get_run(registered["run_id"]).data.tags
+    assert (tags["train.backend"], tags["train.precision"], tags["train.device"]) == ("jax", "mixed_bfloat16", "cpu")
+    evaluation = json.loads((work / "metrics/evaluate.json").read_text())
+    print(f"jax backend: dvc repro train→register {wall:.0f} s, {trained['images_per_second']} images/s, "
+          f"int8 accuracy {evaluation['accuracy']:.4f}")
+    assert evaluation["accuracy"] >= SMALL["evaluate"]["min_accuracy"]
 
 
 def test_invalid_data_stops_the_pipeline_at_validate(tmp_path):
