@@ -15,6 +15,8 @@ import pytest
 
 from tests.helpers_project import FASHION_MNIST, make_project, run
 
+_FIGURES = pytest.StashKey[list]()
+
 TINY_MODEL = "tiny-classifier"
 TINY = {
     "ingest": {"max_per_class": 100},
@@ -59,3 +61,21 @@ def tiny_workspace(tmp_path_factory) -> TinyWorkspace:
     run(["mlops", "promote", "--approve", "--by", "ci", "--reason", "tiny workspace fixture"], work)
     record = json.loads((work / "reports/registration.json").read_text())
     return TinyWorkspace(root=work, model_name=TINY_MODEL, version=int(record["version"]))
+
+
+def pytest_configure(config):
+    config.stash[_FIGURES] = []
+
+
+@pytest.fixture(scope="session")
+def figure(pytestconfig):
+    """`figure("text")` adds a measured line to the "integration figures" printed at the end of the run."""
+    return pytestconfig.stash[_FIGURES].append
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = config.stash.get(_FIGURES, [])
+    if lines:
+        terminalreporter.write_sep("-", "integration figures")
+        for line in lines:
+            terminalreporter.write_line(line)

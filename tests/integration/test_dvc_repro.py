@@ -42,7 +42,7 @@ def _edit_reruns_exactly_its_importers(work: Path, module: str) -> set[str]:
         path.write_text(original)
 
 
-def test_dvc_repro_registers_a_challenger_and_reruns_only_what_changed(tmp_path):
+def test_dvc_repro_registers_a_challenger_and_reruns_only_what_changed(tmp_path, figure):
     import mlflow
 
     from tests.import_closure import code_deps
@@ -117,8 +117,9 @@ def test_dvc_repro_registers_a_challenger_and_reruns_only_what_changed(tmp_path)
     tags = client.get_run(registered["run_id"]).data.tags
     assert (tags["train.backend"], tags["train.precision"], tags["train.device"]) == ("jax", "mixed_bfloat16", "cpu")
     evaluation = json.loads((work / "metrics/evaluate.json").read_text())
-    print(f"jax backend: dvc repro train→register {wall:.0f} s, {trained['images_per_second']} images/s, "
-          f"int8 accuracy {evaluation['accuracy']:.4f}")
+    figure(f"train.backend=jax, precision=mixed_bfloat16 (CPU): `dvc repro` train→compress→evaluate→register "
+           f"{wall:.0f} s, {trained['images_per_second']} images/s, {evaluation['deploy_variant']} accuracy "
+           f"{evaluation['accuracy']:.4f} ({trained['train_samples']} train images, {trained['epochs']} epochs)")
     assert evaluation["accuracy"] >= SMALL["evaluate"]["min_accuracy"]
 
 

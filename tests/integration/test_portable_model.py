@@ -54,7 +54,7 @@ def requirements(tiny_workspace, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean_venv(requirements, tmp_path_factory) -> Path:
+def clean_venv(requirements, tmp_path_factory, figure) -> Path:
     """A fresh virtualenv with only the model's requirements.txt installed (pip may use its cache)."""
     venv = tmp_path_factory.mktemp("clean") / "venv"
     started = time.perf_counter()
@@ -62,7 +62,9 @@ def clean_venv(requirements, tmp_path_factory) -> Path:
     result = subprocess.run([str(venv / "bin/pip"), "install", "-q", "-r", str(requirements)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
-    print(f"clean venv built in {time.perf_counter() - started:.1f}s")
+    figure(
+        f"clean venv from the champion's requirements.txt ({', '.join(requirements.read_text().split())}) "
+        f"built in {time.perf_counter() - started:.0f} s")
     return venv
 
 
@@ -127,7 +129,7 @@ def test_clean_venv_has_neither_the_project_nor_tensorflow(clean_venv, env, outs
     assert found.stdout.strip() == "[]"
 
 
-def test_mlflow_models_predict_matches_the_project(clean_venv, env, outside, model_uri, images, expected):
+def test_mlflow_models_predict_matches_the_project(clean_venv, env, outside, model_uri, images, expected, figure):
     request, response = outside / "request.json", outside / "predictions.json"
     request.write_text(json.dumps({"inputs": images.tolist()}))
     result = subprocess.run(
@@ -136,6 +138,8 @@ def test_mlflow_models_predict_matches_the_project(clean_venv, env, outside, mod
         cwd=outside, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert_same(json.loads(response.read_text())["predictions"], expected)
+    figure(f"clean venv: mlflow models predict -m {model_uri} --env-manager local: {len(expected)} images, "
+           f"first {np.round(np.asarray(json.loads(response.read_text())['predictions'][0]), 4).tolist()}")
 
 
 def _post(url: str, body: dict) -> dict:
@@ -160,7 +164,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 12
     raise AssertionError(f"mlflow models serve not ready after {timeout:.0f}s:\n{log.read_text()[-4000:]}")
 
 
-def test_mlflow_models_serve_matches_the_project(clean_venv, env, outside, model_uri, images, expected):
+def test_mlflow_models_serve_matches_the_project(clean_venv, env, outside, model_uri, images, expected, figure):
     port, log = free_port(), outside / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -174,3 +178,5 @@ def test_mlflow_models_serve_matches_the_project(clean_venv, env, outside, model
     finally:
         stop_group(proc)
     assert_same(reply["predictions"], expected)
+    figure(f"clean venv: mlflow models serve answered POST /invocations ({len(expected)} images) with the project's "
+           f"probabilities; argmax {np.asarray(reply['predictions']).argmax(1).tolist()}")

@@ -27,7 +27,7 @@ def _export_test_split(root: Path, folder: Path) -> tuple[np.ndarray, list[str]]
     return y, io.read_json(root / "data/prepared/stats.json")["class_names"]
 
 
-def test_predict_matches_evaluate_on_the_test_split(tiny_workspace, tmp_path):
+def test_predict_matches_evaluate_on_the_test_split(tiny_workspace, tmp_path, figure):
     root = tiny_workspace.root
     folder = tmp_path / "test"
     y, names = _export_test_split(root, folder)
@@ -51,3 +51,5 @@ def test_predict_matches_evaluate_on_the_test_split(tiny_workspace, tmp_path):
     metrics = tiny_workspace.metrics("evaluate")
     accuracy = float(np.mean([p == names[k] for p, k in zip(predicted, y, strict=True)]))
     assert round(accuracy, 4) == metrics["accuracy"] == metrics["variants"][metrics["deploy_variant"]]["accuracy"]
+    figure(f"mlops predict on {len(y)} test PNGs: accuracy {accuracy:.4f} = evaluate's {metrics['accuracy']} "
+           f"({metrics['deploy_variant']}), same label for every image")
