@@ -15,7 +15,6 @@ import csv
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -32,13 +31,7 @@ from pipeline.data.image_folder import EXTENSIONS, load_image
 from pipeline.ml.tflite import TFLiteModel, softmax
 from pipeline.registry import store
 from pipeline.registry.aliases import CHAMPION
-from pipeline.registry.champion import (
-    IncompleteVersion,
-    RegisteredModel,
-    find_labels,
-    load_by_alias,
-    split_version_tags,
-)
+from pipeline.registry.champion import RegisteredModel, load_by_alias, load_version
 
 COLUMNS = ("path", "label", "probability", "error")
 STDOUT = Path("-")
@@ -93,24 +86,6 @@ def collect(paths: Sequence[Path]) -> list[Path]:
     if not files:
         raise StageError(f"no files to classify under {', '.join(map(str, paths))}")
     return list(files)
-
-
-def load_version(model_name: str, version: str) -> RegisteredModel:
-    """Version `version` of `model_name` with its .tflite and labels; StageError when it does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = store.client().get_model_version(model_name, version)
-    except MlflowException as exc:
-        raise StageError(f"{model_name} v{version}: not in the registry at {store.tracking_uri()} ({exc})") from None
-    with tempfile.TemporaryDirectory(prefix=f"v{version}-") as tmp:
-        tflite = store.download_tflite(model_name, str(version), Path(tmp))
-        if tflite is None:
-            raise IncompleteVersion(f"{model_name} v{version} has no .tflite artifact", str(version))
-        labels = find_labels(tflite, Path(tmp))
-        data = tflite.read_bytes()
-    metrics, lineage = split_version_tags(mv)
-    return RegisteredModel(model_name, "", str(mv.version), data, labels, metrics, lineage, run_id=mv.run_id)
 
 
 def load_model(model_name: str, alias: str | None = None, version: str | None = None) -> RegisteredModel:

@@ -1,4 +1,4 @@
-"""The one loader of a registered model by alias: version, .tflite bytes, class names, metrics and lineage.
+"""The one loader of a registered model (by alias or version): .tflite bytes, class names, metrics and lineage.
 
 Evaluation (champion vs challenger), deployment, the model server and the monitor all load the served model
 through `load_by_alias`, so they agree on what "the champion" is and on how its files are found.
@@ -86,6 +86,39 @@ def find_labels(tflite: Path, root: Path) -> list[str]:
     )
 
 
+def _fetch(model_name: str, mv, name: str, tmp: Path) -> tuple[Path, list[str]]:
+    """Download version `mv`'s .tflite into `tmp` and find its labels; `name` (e.g. "m@alias") names it in errors."""
+    tflite = store.download_tflite(model_name, str(mv.version), tmp)
+    if tflite is None:
+        raise IncompleteVersion(
+            f"{name} (v{mv.version}) has no .tflite artifact; was it registered by `mlops register`?", str(mv.version)
+        )
+    try:
+        return tflite, find_labels(tflite, tmp)
+    except StageError as exc:
+        raise IncompleteVersion(f"{name} (v{mv.version}): {exc}", str(mv.version)) from None
+
+
+def _registered(model_name: str, alias: str, mv, data: bytes, labels: list[str]) -> RegisteredModel:
+    metrics, lineage = split_version_tags(mv)
+    return RegisteredModel(
+        model_name, alias, str(mv.version), data, labels, metrics, lineage, run_id=getattr(mv, "run_id", None)
+    )
+
+
+def load_version(model_name: str, version: str) -> RegisteredModel:
+    """Version `version` of `model_name` with its files; StageError when the registry has no such version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = store.client().get_model_version(model_name, version)
+    except MlflowException as exc:
+        raise StageError(f"{model_name} v{version}: not in the registry at {store.tracking_uri()} ({exc})") from None
+    with tempfile.TemporaryDirectory(prefix=f"v{version}-") as tmp:
+        tflite, labels = _fetch(model_name, mv, model_name, Path(tmp))
+        return _registered(model_name, "", mv, tflite.read_bytes(), labels)
+
+
 def load_by_alias(model_name: str, alias: str = CHAMPION, attempts: int = 3) -> RegisteredModel | None:
     """`model_name@alias` with its files, or None when the model or the alias does not exist.
 
@@ -97,23 +130,9 @@ def load_by_alias(model_name: str, alias: str = CHAMPION, attempts: int = 3) -> 
         if mv is None:
             return None
         with tempfile.TemporaryDirectory(prefix=f"{alias}-") as tmp:
-            tflite = store.download_tflite(model_name, str(mv.version), Path(tmp))
-            if tflite is None:
-                raise IncompleteVersion(
-                    f"{model_name}@{alias} (v{mv.version}) has no .tflite artifact; was it "
-                    "registered by `mlops register`?",
-                    str(mv.version),
-                )
+            tflite, labels = _fetch(model_name, mv, f"{model_name}@{alias}", Path(tmp))
             now = store.version_by_alias(model_name, alias)
             if now is None or str(now.version) != str(mv.version):
                 continue
-            try:
-                labels = find_labels(tflite, Path(tmp))
-            except StageError as exc:
-                raise IncompleteVersion(f"{model_name}@{alias} (v{mv.version}): {exc}", str(mv.version)) from None
-            data = tflite.read_bytes()
-        metrics, lineage = split_version_tags(mv)
-        return RegisteredModel(
-            model_name, alias, str(mv.version), data, labels, metrics, lineage, run_id=getattr(mv, "run_id", None)
-        )
+            return _registered(model_name, alias, mv, tflite.read_bytes(), labels)
     raise StageError(f"{model_name}@{alias} kept moving while it was being downloaded; try again.")
