@@ -18,6 +18,18 @@ FASHION_MNIST = next((p for p in (ROOT / "data/raw/fashion-mnist", Path("/usr/sh
                       if p.is_dir()), None)
 
 
+
+def small_params(model_name: str, experiment: str) -> dict:
+    """params.yaml overrides for a quick real run: 100 images per class, 3 epochs of a width-16 net, lenient
+    blessing (min accuracy 0.3), registered as `model_name` in MLflow experiment `experiment`."""
+    return {
+        "ingest": {"max_per_class": 100},
+        "train": {"width": 16, "epochs": 3, "batch_size": 32},
+        "compress": {"fine_tune_epochs": 1, "representative_samples": 50},
+        "evaluate": {"min_accuracy": 0.3, "per_class_floor": 0.0, "max_drop_vs_fp32": 0.1, "latency_runs": 5},
+        "register": {"model_name": model_name, "experiment": experiment},
+    }
+
 def merge(base: dict, override: dict) -> dict:
     """Deep-merge `override` into a copy of `base`."""
     out = dict(base)

@@ -13,18 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_project import FASHION_MNIST, make_project, run
+from tests.helpers_project import FASHION_MNIST, make_project, run, small_params
 
 _FIGURES = pytest.StashKey[list]()
 
 TINY_MODEL = "tiny-classifier"
-TINY = {
-    "ingest": {"max_per_class": 100},
-    "train": {"width": 16, "epochs": 3, "batch_size": 32},
-    "compress": {"fine_tune_epochs": 1, "representative_samples": 50},
-    "evaluate": {"min_accuracy": 0.3, "per_class_floor": 0.0, "max_drop_vs_fp32": 0.1, "latency_runs": 5},
-    "register": {"model_name": TINY_MODEL, "experiment": "tiny"},
-}
+TINY = small_params(TINY_MODEL, "tiny")
 
 
 @dataclass(frozen=True)

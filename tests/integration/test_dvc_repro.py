@@ -10,17 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers_project import FASHION_MNIST, RAW_DVC, make_project, run
+from tests.helpers_project import FASHION_MNIST, RAW_DVC, make_project, run, small_params
 
 pytestmark = pytest.mark.integration
 
-SMALL = {
-    "ingest": {"max_per_class": 100},
-    "train": {"width": 16, "epochs": 3, "batch_size": 32},
-    "compress": {"fine_tune_epochs": 1, "representative_samples": 50},
-    "evaluate": {"min_accuracy": 0.3, "per_class_floor": 0.0, "max_drop_vs_fp32": 0.1, "latency_runs": 5},
-    "register": {"model_name": "it-classifier", "experiment": "it"},
-}
+SMALL = small_params("it-classifier", "it")
 
 
 def _stages_with_changed_code(work: Path) -> set[str]:

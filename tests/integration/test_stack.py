@@ -21,18 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_project import FASHION_MNIST, make_project
+from tests.helpers_project import FASHION_MNIST, make_project, small_params
 from tests.helpers_stack import SERVICES, Stack, _distinct_free_ports
 
 MODEL = "stack-classifier"
-# the SMALL parameters of tests/integration/test_dvc_repro.py, with this module's model name
-PARAMS = {
-    "ingest": {"max_per_class": 100},
-    "train": {"width": 16, "epochs": 3, "batch_size": 32},
-    "compress": {"fine_tune_epochs": 1, "representative_samples": 50},
-    "evaluate": {"min_accuracy": 0.3, "per_class_floor": 0.0, "max_drop_vs_fp32": 0.1, "latency_runs": 5},
-    "register": {"model_name": MODEL, "experiment": "stack"},
-}
+PARAMS = small_params(MODEL, "stack")
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("curl") is None or shutil.which("setsid") is None,
