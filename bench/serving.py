@@ -52,7 +52,9 @@ def _hey(url: str, body: Path, clients: int, seconds: int) -> dict:
     ).stdout
     pct = {int(p): float(s) * 1000 for p, s in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}
     codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
-    errors = sum(n for c, n in codes.items() if c != 200) + len(re.findall(r"^\s+\[\d+\]\s+(?!\d)", out, re.M))
+    # "Error distribution:" lines ("  [5]\tPost ...: connection refused") carry a count, like the status lines
+    failures = sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s+(?!\d)", out, re.M))
+    errors = sum(n for c, n in codes.items() if c != 200) + failures
     return {
         "requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "p50_ms": round(pct.get(50, float("nan")), 2),

@@ -111,10 +111,10 @@ def _cpu_name() -> str:
     return names[0] if names else (platform.processor() or platform.machine())
 
 
-def device_name() -> str:
-    """The first GPU's name as the backend reports it, or the CPU's model name when the backend sees no GPU."""
+def device_name(gpus: int) -> str:
+    """The first GPU's name as the backend reports it, or the CPU's model name when it sees none (`gpus` == 0)."""
     name = backend()
-    if gpu_count() == 0:
+    if gpus == 0:
         return _cpu_name()
     if name == "jax":
         import jax
@@ -136,7 +136,7 @@ def describe() -> dict:
     return {
         "backend": backend(),
         "device": "gpu" if gpus else "cpu",
-        "device_name": device_name(),
+        "device_name": device_name(gpus),
         "gpus": gpus,
         "keras": keras.__version__,
         "cpus": os.cpu_count(),
