@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check through the real train stage (`python -m pipeline.stages.train`, what `mlops train` and dvc.yaml run):
-# the same prepared data, model and epochs trained twice, once on the GPU (train.device: gpu) and once on the CPU
-# (train.device: cpu), with the stage's own backend/precision choice; prints images/s, val accuracy and the
-# speed-up, and appends them to bench/results.json as "gpu_check".
+# the same prepared data, model, backend and epochs trained on the GPU (train.device: gpu) and on the CPU
+# (train.device: cpu), GPU_CHECK_RUNS (default 3) pairs alternating; precision is each device's `auto` (mixed on
+# the GPU, float32 on the CPU). Prints min/median images/s, val accuracy and the median speed-up, and stores them
+# in bench/results.json as "gpu_check".
 #
 #   bash bench/gpu_check.sh [EPOCHS] [SAMPLES]          # a machine with the project installed: make setup GPU=1
 #   bash bench/gpu_check.sh prepare [SAMPLES]           # here: pure-Python wheels + a prepared subset, for a
@@ -14,32 +15,46 @@ ARGS="$*"
 PY=python3
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 
-train() {  # train DEVICE EPOCHS SAMPLES DATA OUT: one run of the train stage, its metrics in OUT/train.json
-  local device=$1 epochs=$2 samples=$3 data=$4 out=$5
+train() {  # train BACKEND DEVICE EPOCHS SAMPLES DATA OUT: one run of the train stage, its metrics in OUT/train.json
+  local backend=$1 device=$2 epochs=$3 samples=$4 data=$5 out=$6
   mkdir -p "$out"
   printf 'train:\n  backend: %s\n  device: %s\n  epochs: %s\n  max_train_samples: %s\n' \
-    "${GPU_CHECK_BACKEND:-auto}" "$device" "$epochs" "$samples" >"$out/params.yaml"
+    "$backend" "$device" "$epochs" "$samples" >"$out/params.yaml"
   "$PY" -m pipeline.stages.train --params "$out/params.yaml" --data "$data" --model "$out/model.keras" \
     --metrics "$out/train.json" --plots "$out/plots" --backup "$out/backup"
 }
 
-compare() {  # compare EPOCHS SAMPLES DATA: GPU run, CPU run, then the figures
-  local epochs=$1 samples=$2 data=$3 runs
+compare() {  # compare EPOCHS SAMPLES DATA: GPU_CHECK_RUNS (3) GPU/CPU pairs, alternating, then min and median
+  local epochs=$1 samples=$2 data=$3 runs backend gpu_device=gpu i
   runs=$(mktemp -d)
-  # GPU_CHECK_DRY_RUN=1: both runs on the CPU, to check this script on a machine without a GPU
-  train "$([ "${GPU_CHECK_DRY_RUN:-0}" = 1 ] && echo cpu || echo gpu)" "$epochs" "$samples" "$data" "$runs/gpu"
-  train cpu "$epochs" "$samples" "$data" "$runs/cpu"
+  # GPU_CHECK_DRY_RUN=1: the "GPU" runs on the CPU too, to check this script on a machine without a GPU
+  [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ] && gpu_device=cpu
+  for i in $(seq 1 "${GPU_CHECK_RUNS:-3}"); do
+    train "${GPU_CHECK_BACKEND:-auto}" "$gpu_device" "$epochs" "$samples" "$data" "$runs/gpu$i"
+    # the CPU baseline does the same work on the backend the GPU run used (only precision follows the device)
+    backend=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['backend'])" "$runs/gpu$i/train.json")
+    train "$backend" cpu "$epochs" "$samples" "$data" "$runs/cpu$i"
+  done
   "$PY" - "$runs" "$ARGS" <<'PY'
-import json, sys
+import json, statistics, sys
 from pathlib import Path
 
 runs = Path(sys.argv[1])
-gpu, cpu = (json.loads((runs / d / "train.json").read_text()) for d in ("gpu", "cpu"))
-keys = ("backend", "device_name", "precision", "strategy", "images_per_second", "val_accuracy", "fit_seconds")
+side = {d: [json.loads(p.read_text()) for p in sorted(runs.glob(f"{d}*/train.json"))] for d in ("gpu", "cpu")}
+keys = ("backend", "device_name", "precision", "strategy")
+
+
+def summary(metrics: list[dict]) -> dict:
+    rates = [m["images_per_second"] for m in metrics]
+    return {**{k: metrics[0][k] for k in keys}, "images_per_second_min": min(rates),
+            "images_per_second_median": round(statistics.median(rates), 1), "val_accuracy": [m["val_accuracy"] for m in metrics]}
+
+
+gpu, cpu = summary(side["gpu"]), summary(side["cpu"])
 result = {
-    "gpu": {k: gpu[k] for k in keys}, "cpu": {k: cpu[k] for k in keys},
-    "epochs": gpu["epochs"], "train_samples": gpu["train_samples"],
-    "speedup_images_per_second": round(gpu["images_per_second"] / cpu["images_per_second"], 2),
+    "gpu": gpu, "cpu": cpu, "runs": len(side["gpu"]),
+    "epochs": side["gpu"][0]["epochs"], "train_samples": side["gpu"][0]["train_samples"],
+    "speedup_median_images_per_second": round(gpu["images_per_second_median"] / cpu["images_per_second_median"], 2),
     "command": f"bash bench/gpu_check.sh {sys.argv[2]}".strip(),
 }
 print(json.dumps(result, indent=2))
