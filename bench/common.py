@@ -1,26 +1,45 @@
-"""Benchmark plumbing: throwaway project copies, timed commands, a Prefect server, results files."""
+"""Benchmark plumbing: throwaway project copies, timed commands, a Prefect server, A/B runs, results files.
+
+BENCH_RESULTS=<path> makes `save` write there instead of bench/results.json (quick trial runs of a script).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "bench" / "results.json"
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or ROOT / "bench" / "results.json")
 
 from tests.helpers_project import make_project, run, tool_env  # noqa: E402
 from tests.helpers_s3 import free_port  # noqa: E402
 
-__all__ = ["ROOT", "free_port", "make_project", "paths_of", "prefect_server", "run", "save", "timed", "tool_env"]
+__all__ = [
+    "ROOT",
+    "alternate",
+    "compare",
+    "free_port",
+    "make_project",
+    "paths_of",
+    "prefect_server",
+    "prepared_data",
+    "python_json",
+    "run",
+    "save",
+    "timed",
+    "tool_env",
+]
 
 
 def paths_of(workspace: Path) -> dict[str, Path]:
@@ -77,8 +96,50 @@ def prefect_server():
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def alternate(sides: dict[str, Callable[[int], dict]], runs: int) -> list[dict]:
+    """Run the sides in turn, `runs` times (A, B, A, B, …); every run's figures tagged with its side and round."""
+    out = []
+    for i in range(runs):
+        for side, measure in sides.items():
+            out.append({"side": side, "round": i, **measure(i)})
+            print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def compare(runs: list[dict], key: str, baseline: str, subject: str, digits: int = 2) -> dict:
+    """Min and median of `key` on each side, and the ratio of the medians (subject ÷ baseline)."""
+    values = {side: [r[key] for r in runs if r["side"] == side] for side in (baseline, subject)}
+    ratio = statistics.median(values[subject]) / statistics.median(values[baseline])
+    return {
+        **{
+            side: {"n": len(v), "min": round(min(v), digits), "median": round(statistics.median(v), digits)}
+            for side, v in values.items()
+        },
+        "ratio_of_medians": round(ratio, 4),
+        "ratio": f"median {key} of {subject} ÷ median {key} of {baseline}",
+    }
+
+
+def python_json(args: list[str], cwd: Path = ROOT, timeout: float = 3600) -> dict:
+    """Run `python ARGS` in a fresh process (this interpreter); its last stdout line, parsed as JSON."""
+    out = run([sys.executable, *args], cwd, timeout=timeout).stdout.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def prepared_data(workdir: Path, max_per_class: int | None = None) -> Path:
+    """Fashion-MNIST (all of it, or `max_per_class` images per class) through the real ingest + preprocess."""
+    from pipeline.core.config import load_params
+    from pipeline.stages import ingest, preprocess
+
+    params = load_params(ROOT / "params.yaml")
+    cfg = params.ingest.model_copy(update={"max_per_class": max_per_class, "source": str(ROOT / params.ingest.source)})
+    ingest.run(cfg, params.seed, workdir / "ingested", workdir / "cache", accepted_dir=None)
+    preprocess.run(params.preprocess, workdir / "ingested", workdir / "prepared")
+    return workdir / "prepared"
+
+
 def save(section: str, figures: dict) -> None:
-    """Merge one benchmark's figures into bench/results.json."""
+    """Merge one benchmark's figures into bench/results.json (or $BENCH_RESULTS)."""
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     data[section] = {
         **figures,

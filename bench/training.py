@@ -1,7 +1,15 @@
-"""Training: the train stage vs a bare Keras script of the seed CNN (same model, same arrays, same epochs),
-and accuracy-at-budget for both model choices (each trained with a schedule sized to its budget).
+"""Training overhead: the train stage vs a bare Keras script doing the same work, alternating, each run in its own
+fresh process.
 
-    python bench/training.py [--throughput-epochs 3] [--fast-epochs 3 6 14] [--seed-epochs 4 10 20]
+Same work on both sides: the same model (seed CNN by default, no augmentation), AdamW with the warmup + cosine
+schedule of pipeline/ml/schedule.py, one-hot cross-entropy, batch 128 and validation batch 512, the same epochs,
+seed, backend (TensorFlow, float32, CPU) and the same prepared arrays fed to `fit` in memory (the path the stage's
+`_fit_inputs` picks by default). The stage adds what makes it a stage: backend/device planning, CSV history,
+BackupAndRestore checkpoints every epoch, the saved model, curves and metrics. Images/s = train images ÷ median
+epoch after the first (both sides time epochs with the same callback).
+
+    python bench/training.py [--runs 3] [--epochs 3] [--model seed_cnn] [--max-train-samples N] [--max-per-class N]
+    python bench/training.py --worker {bare,stage} --prepared DIR ...   # one measured run (used by the above)
 """
 
 from __future__ import annotations
@@ -17,160 +25,157 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from common import ROOT, save
+from common import ROOT, alternate, compare, prepared_data, python_json, save
+
+HERE = Path(__file__).resolve()
 
 
-def prepared_data(workdir: Path) -> Path:
-    """Full Fashion-MNIST through the real ingest + preprocess stages."""
+def bench_config(args: argparse.Namespace):
+    """params.yaml's `train:` with this benchmark's model, epochs and sample cap; augmentation off, TF float32 CPU."""
     from pipeline.core.config import load_params
-    from pipeline.stages import ingest, preprocess
 
-    params = load_params(ROOT / "params.yaml")
-    ingest.run(params.ingest, params.seed, workdir / "ingested", accepted_dir=None)
-    preprocess.run(params.preprocess, workdir / "ingested", workdir / "prepared")
-    return workdir / "prepared"
-
-
-def bare_seed_cnn(x, y, x_val, y_val, epochs: int, batch_size: int) -> dict:
-    """The article's script: 3 conv + Dense(1024), model.fit on in-memory arrays."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input(x.shape[1:]),
-            keras.layers.Rescaling(1 / 255.0),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(1024, activation="relu"),
-            keras.layers.Dense(10),
-        ]
+    train = load_params(ROOT / "params.yaml").train
+    return type(train).model_validate(
+        train.model_dump()
+        | {
+            "model": args.model,
+            "epochs": args.epochs,
+            "max_train_samples": args.max_train_samples,
+            "augment": {"flip": False, "translate": 0.0},
+            "backend": "tensorflow",
+            "device": "cpu",
+            "precision": "float32",
+        }
     )
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    times = []
 
-    class Timer(keras.callbacks.Callback):
+
+def _epoch_timer(keras, times: list[float]):
+    class EpochTimer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
+            self._t = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.t)
+            times.append(time.perf_counter() - self._t)
 
+    return EpochTimer()
+
+
+def bare(cfg, seed: int, prepared: Path) -> dict:
+    """The same recipe written as a plain Keras script: build, compile, fit on in-memory float32 arrays."""
+    os.environ["KERAS_BACKEND"] = cfg.backend
+    import keras
+
+    from pipeline.core import io
+    from pipeline.ml.models import build_model
+    from pipeline.ml.schedule import warmup_cosine
+
+    stats = io.read_json(prepared / "stats.json")
+    x, y = io.read_split(prepared, "train")
+    x, y = x[: cfg.max_train_samples], y[: cfg.max_train_samples]
+    xv, yv = io.read_split(prepared, "val")
+    n_classes = len(stats["class_names"])
+    keras.utils.set_random_seed(seed)
+    aug = cfg.augment
+    model = build_model(
+        cfg.model, stats["image_shape"], n_classes, stats["mean"], stats["std"], **aug.model_dump(), width=cfg.width
+    )
+    steps = cfg.epochs * -(-len(x) // cfg.batch_size)
+    warmup = max(1, steps // 10)
+    schedule = warmup_cosine(keras, cfg.learning_rate, warmup, max(1, steps - warmup), alpha=0.01)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    eye = np.eye(n_classes, dtype="float32")
+    times: list[float] = []
+    started = time.perf_counter()
     hist = model.fit(
         x.astype("float32"),
-        y,
-        batch_size=batch_size,
-        epochs=epochs,
-        verbose=0,
-        validation_data=(x_val.astype("float32"), y_val),
-        callbacks=[Timer()],
+        eye[y.astype(np.int64)],
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        shuffle=True,
+        validation_data=(xv.astype("float32"), eye[yv.astype(np.int64)]),
+        validation_batch_size=512,
+        callbacks=[_epoch_timer(keras, times)],
+        verbose=2,
     )
+    fit = time.perf_counter() - started
     steady = times[1:] or times
     return {
-        "images_per_second": len(x) / float(np.median(steady)),
-        "val_accuracy": float(hist.history["val_accuracy"][-1]),
-        "epoch_seconds": times,
+        "images_per_second": round(len(x) / float(np.median(steady)), 1),
+        "fit_seconds": round(fit, 2),
+        "val_accuracy": round(float(hist.history["val_accuracy"][-1]), 4),
+        "train_samples": len(x),
     }
 
 
-def stage(prepared: Path, out: Path, **train) -> dict:
-    from pipeline.core.config import TrainConfig
+def stage(cfg, seed: int, prepared: Path) -> dict:
+    """One run of the real train stage (pipeline.stages.train.run) into a scratch directory."""
     from pipeline.stages import train as train_stage
 
-    cfg = TrainConfig(**train)
-    return train_stage.run(cfg, 0, prepared, out / "model.keras", out / "train.json", out / "plots", out / "backup")
+    out = Path(tempfile.mkdtemp(prefix="bench-train-stage-"))
+    m = train_stage.run(cfg, seed, prepared, out / "model.keras", out / "train.json", out / "plots", out / "backup")
+    return {
+        "images_per_second": m["images_per_second"],
+        "fit_seconds": m["fit_seconds"],
+        "val_accuracy": round(m["val_accuracy"], 4),
+        "train_samples": m["train_samples"],
+    }
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One measured run in this (fresh) process; its figures as the last stdout line."""
+    from pipeline.core.config import load_params
+
+    seed = load_params(ROOT / "params.yaml").seed
+    side = {"bare": bare, "stage": stage}[args.worker]
+    print(json.dumps(side(bench_config(args), seed, Path(args.prepared))), flush=True)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--throughput-epochs", type=int, default=3)
-    ap.add_argument("--fast-epochs", type=int, nargs="*", default=[3, 6, 14])
-    ap.add_argument("--seed-epochs", type=int, nargs="*", default=[4, 10, 20])
-    ap.add_argument("--skip-curves", action="store_true", help="keep the accuracy curves of the last results.json")
+    """Alternate bare / stage runs (each a fresh process) and save the comparison as the `training` section."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3, help="runs per side, alternating bare/stage")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--model", default="seed_cnn", choices=["seed_cnn", "fast_net"])
+    ap.add_argument("--max-train-samples", type=int, default=None)
+    ap.add_argument("--max-per-class", type=int, default=None, help="ingest cap (quick trials)")
+    ap.add_argument("--worker", choices=["bare", "stage"], help=argparse.SUPPRESS)
+    ap.add_argument("--prepared", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    from pipeline.core import io
-
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    prepared = prepared_data(work)
-    x, y = io.read_split(prepared, "train")
-    xv, yv = io.read_split(prepared, "val")
-
-    bare = bare_seed_cnn(x, y, xv, yv, args.throughput_epochs, 128)
-    ours = stage(
-        prepared,
-        work / "tp",
-        model="seed_cnn",
-        epochs=args.throughput_epochs,
-        batch_size=128,
-        learning_rate=1e-3,
-        weight_decay=0.0,
-        augment={"flip": False, "translate": 0.0},
-    )
-    ours_ips = ours["images_per_second"]  # same definition as the bare script: train images ÷ median steady epoch
-
-    curves = {}
-    if args.skip_curves:
-        curves = json.loads((ROOT / "bench/results.json").read_text())["training"]["accuracy_at_budget"]
-        args.seed_epochs = args.fast_epochs = []
-    for model, budgets in (("seed_cnn", args.seed_epochs), ("fast_net", args.fast_epochs)):
-        points = []
-        for epochs in budgets:
-            extra = {"augment": {"flip": False, "translate": 0.0}, "learning_rate": 1e-3} if model == "seed_cnn" else {}
-            m = stage(prepared, work / f"{model}-{epochs}", model=model, epochs=epochs, **extra)
-            points.append({"epochs": epochs, "seconds": m["fit_seconds"], "val_accuracy": round(m["val_accuracy"], 4)})
-            print(model, points[-1], flush=True)
-        curves.setdefault(model, points)
-    plot(curves, ROOT / "bench" / "accuracy_vs_time.png")
+    if args.worker:
+        worker(args)
+        return
+    cfg = bench_config(args)
+    prepared = prepared_data(Path(tempfile.mkdtemp(prefix="bench-train-")), args.max_per_class)
+    common = ["--epochs", str(args.epochs), "--model", args.model, "--prepared", str(prepared)]
+    if args.max_train_samples:
+        common += ["--max-train-samples", str(args.max_train_samples)]
+    sides = {side: lambda _i, s=side: python_json([str(HERE), "--worker", s, *common]) for side in ("bare", "stage")}
+    runs = alternate(sides, args.runs)
     save(
         "training",
         {
-            "bare_keras_images_per_second": round(bare["images_per_second"], 1),
-            "stage_images_per_second": round(ours_ips, 1),
-            "stage_over_bare_throughput": round(ours_ips / bare["images_per_second"], 3),
-            "accuracy_at_budget": curves,
-            "fast_beats_seed_at_every_budget_ge_120s": beats(curves),
-            "targets": {"stage_over_bare_throughput": ">= 0.95", "fast_beats_seed_at_every_budget_ge_120s": True},
+            "method": "like-for-like, alternating, each run a fresh process",
+            "workload": {
+                "model": cfg.model,
+                "epochs": cfg.epochs,
+                "batch_size": cfg.batch_size,
+                "validation_batch_size": 512,
+                "optimizer": "AdamW + warmup/cosine (pipeline/ml/schedule.py)",
+                "loss": "one-hot categorical cross-entropy",
+                "train_samples": runs[0]["train_samples"],
+                "backend": f"{cfg.backend} {cfg.precision} {cfg.device}",
+                "max_per_class": args.max_per_class,
+            },
+            "runs": runs,
+            "images_per_second": compare(runs, "images_per_second", "bare", "stage", 1),
+            "fit_seconds": compare(runs, "fit_seconds", "bare", "stage"),
+            "targets": {"images_per_second.ratio_of_medians": ">= 0.95"},
         },
     )
-
-
-def best_at(points: list[dict], seconds: float) -> float | None:
-    """Best accuracy reachable within `seconds` (a run whose whole schedule fits the budget)."""
-    ok = [p["val_accuracy"] for p in points if p["seconds"] <= seconds]
-    return max(ok) if ok else None
-
-
-def beats(curves: dict) -> bool:
-    budgets = sorted({p["seconds"] for pts in curves.values() for p in pts if p["seconds"] >= 120})
-    result = True
-    for t in budgets:
-        fast, seed = best_at(curves["fast_net"], t), best_at(curves["seed_cnn"], t)
-        if seed is not None and (fast is None or fast <= seed):
-            result = False
-    return result
-
-
-def plot(curves: dict, path: Path) -> None:
-    import matplotlib as mpl
-
-    mpl.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for model, points in curves.items():
-        ax.plot([p["seconds"] / 60 for p in points], [p["val_accuracy"] for p in points], "o-", label=model)
-    ax.axvline(2, color="grey", ls=":", lw=1)
-    ax.set_xlabel("training wall time (min, schedule sized to the budget)")
-    ax.set_ylabel("validation accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    print(json.dumps({"plot": str(path)}))
 
 
 if __name__ == "__main__":
