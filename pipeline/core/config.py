@@ -90,6 +90,7 @@ class TrainConfig(Section):
     model: Literal["seed_cnn", "fast_net"] = "fast_net"
     width: int = Field(32, ge=4)
     epochs: int = Field(12, ge=1)
+    budget_minutes: float | None = Field(None, gt=0)  # set: epochs sized to this wall time (replaces `epochs`)
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)

@@ -6,10 +6,10 @@ Command: `python -m pipeline.stages.train` (what dvc.yaml runs) or `mlops train`
 
 from __future__ import annotations
 
-import csv
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +21,7 @@ from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, load, path_or
 from pipeline.core.config import TrainConfig
 from pipeline.core.errors import StageError
 from pipeline.ml.batching import make_batches
+from pipeline.ml.history import read_history, write_history
 
 
 def _callbacks(keras, backup_dir: Path, history_csv: Path, epoch_times: list[float]):
@@ -33,7 +34,7 @@ def _callbacks(keras, backup_dir: Path, history_csv: Path, epoch_times: list[flo
 
     return [
         # CSV row first, then the checkpoint: a kill between the two can only make the resumed run repeat an epoch
-        # (deduplicated by _write_history), never lose one. double_checkpoint: a kill that tears the checkpoint
+        # (deduplicated by write_history), never lose one. double_checkpoint: a kill that tears the checkpoint
         # file being written resumes from the previous one instead of failing to load.
         keras.callbacks.CSVLogger(str(history_csv), append=True),
         keras.callbacks.BackupAndRestore(
@@ -65,26 +66,6 @@ def _fit_inputs(keras, x, y, x_val, y_val, num_classes: int, batch_size: int, se
         "validation_data": (x_val.astype("float32"), eye[y_val.astype(np.int64)]),
         "validation_batch_size": 512,
     }
-
-
-def _write_history(history_csv: Path, dest: Path) -> None:
-    """Copy the history CSV with one row per epoch (the last: a resumed run may repeat the epoch it was killed in)."""
-    with open(history_csv, newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields, rows = reader.fieldnames or ["epoch"], {int(r["epoch"]): r for r in reader}
-    with io.atomic_path(dest) as tmp, open(tmp, "w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows[k] for k in sorted(rows))
-
-
-def _read_history(history_csv: Path) -> dict[str, list[float]]:
-    """History rows as columns; on resume the CSV holds earlier epochs too (last row per epoch wins)."""
-    with open(history_csv) as fh:
-        rows = {int(r["epoch"]): r for r in csv.DictReader(fh)}
-    ordered = [rows[k] for k in sorted(rows)]
-    keys = [k for k in (ordered[0] if ordered else {}) if k != "epoch"]
-    return {k: [float(r[k]) for r in ordered] for k in keys}
 
 
 def _load_splits(cfg: TrainConfig, data_dir: Path) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -153,6 +134,21 @@ def _compiled_model(keras, cfg: TrainConfig, stats: dict, num_classes: int, step
     return model
 
 
+def _budget_plan(cfg: TrainConfig, stats, num_classes, fit_inputs, n_train, n_val, backup, started) -> dict | None:
+    """With `train.budget_minutes`: the epochs that fit the budget (pipeline/ml/budget.py) and how they were found."""
+    if cfg.budget_minutes is None:
+        return None
+    import keras
+
+    from pipeline.ml.budget import plan_epochs
+
+    def build(steps: int):
+        return _compiled_model(keras, cfg, stats, num_classes, steps)
+
+    plan = plan_epochs(cfg.budget_minutes, started, build, fit_inputs, n_train, n_val, cfg.batch_size, backup)
+    return {"minutes": cfg.budget_minutes, **asdict(plan)}
+
+
 def _save(model, out: dict, history_csv: Path) -> dict[str, list[float]]:
     """Write the model (atomically), the per-epoch history CSV and the curves PNG; return the history.
 
@@ -167,9 +163,9 @@ def _save(model, out: dict, history_csv: Path) -> dict[str, list[float]]:
     inference.set_weights(model.get_weights())
     with io.atomic_path(out["model"]) as tmp:
         inference.save(tmp)
-    history = _read_history(history_csv)
+    history = read_history(history_csv)
     out["plots"].mkdir(parents=True, exist_ok=True)
-    _write_history(history_csv, out["plots"] / "history.csv")
+    write_history(history_csv, out["plots"] / "history.csv")
     plots.training_curves(history, out["plots"] / "training_curves.png")
     return history
 
@@ -184,15 +180,17 @@ def _metrics(
     resumed: bool,
     policy: str,
     strategy: str,
+    budget: dict | None,
 ) -> dict:
-    """metrics/train.json: final and best scores, throughput, and how it ran (precision, strategy, device)."""
+    """metrics/train.json: final and best scores, throughput, how it ran (precision, strategy, device), the budget."""
     from pipeline.ml import runtime
 
     steady = epoch_times[1:] or epoch_times
     return {
         "model": cfg.model,
         "params": int(model.count_params()),
-        "epochs": cfg.epochs,
+        "epochs": budget["epochs"] if budget else cfg.epochs,
+        "budget": budget,
         "epochs_run_this_process": len(epoch_times),
         "resumed": resumed,
         "train_samples": int(n_train),
@@ -224,6 +222,7 @@ def run(
     """
     from pipeline.ml import accelerator
 
+    stage_started = time.perf_counter()
     chosen = accelerator.plan(cfg.backend, cfg.device, accelerator.visible_gpus())
     accelerator.activate(chosen)
     import keras
@@ -234,21 +233,23 @@ def run(
     policy = runtime.configure_precision(accelerator.precision_policy(cfg.precision, chosen.backend, device))
     stats, x_train, y_train, x_val, y_val = _load_splits(cfg, data_dir)
     num_classes = len(stats["class_names"])
-    keras.utils.set_random_seed(seed)
     out, resuming = _outputs(backup_dir, model_path, metrics_path, plots_dir)
     history_csv = out["backup"] / "history.csv"
     multi = runtime.worker_task() is not None
     fit_inputs = _fit_inputs(keras, x_train, y_train, x_val, y_val, num_classes, cfg.batch_size, seed, multi)
+    budget = _budget_plan(cfg, stats, num_classes, fit_inputs, len(x_train), len(x_val), out["backup"], stage_started)
+    epochs = budget["epochs"] if budget else cfg.epochs
+    keras.utils.set_random_seed(seed)  # after the budget probe: the same initial weights with or without one
     scope, strategy = runtime.distribution_scope()
     with scope:
-        model = _compiled_model(keras, cfg, stats, num_classes, cfg.epochs * -(-len(x_train) // cfg.batch_size))
+        model = _compiled_model(keras, cfg, stats, num_classes, epochs * -(-len(x_train) // cfg.batch_size))
         if strategy.startswith("multi_worker"):
             multiworker.build_for_multi_worker(model, fit_inputs["x"][0])
     epoch_times: list[float] = []
     started = time.perf_counter()
     model.fit(
         **fit_inputs,
-        epochs=cfg.epochs,
+        epochs=epochs,
         callbacks=_callbacks(keras, out["backup"], history_csv, epoch_times),
         verbose=1 if sys.stdout.isatty() else 2,
     )
@@ -256,7 +257,7 @@ def run(
     if strategy.startswith("multi_worker"):
         multiworker.average_non_trainable(model)
     history = _save(model, out, history_csv)
-    metrics = _metrics(cfg, model, history, epoch_times, len(x_train), wall, resuming, policy, strategy)
+    metrics = _metrics(cfg, model, history, epoch_times, len(x_train), wall, resuming, policy, strategy, budget)
     io.write_json(out["metrics"], metrics)
     shutil.rmtree(out["backup"], ignore_errors=True)
     return metrics
