@@ -66,6 +66,23 @@ WHY = (
         "decoding a JSON body of nested lists costs more than the interpreter's batch inference on it.",
     ),
     ("accuracy at budget", "measured by the old method; the accuracy / wall-time frontier replaces it."),
+    (
+        "train stage ÷ bare Keras",
+        (
+            "inside each timed epoch the stage also writes a CSV history row and a BackupAndRestore checkpoint "
+            "(weights and optimizer state) so that a killed run resumes; on short epochs that fixed cost weighs most."
+        ),
+    ),
+    (
+        "training flow",
+        "every stage is a Prefect task (task-run states and logs sent to the API server), a fixed cost per stage.",
+    ),
+    ("fixed overhead", "starting a flow run costs a Prefect client start-up and API round trips whatever the work."),
+    ("no-op", "a no-op `dvc repro` still imports DVC and hashes every dependency and output of every stage."),
+    (
+        "input pipeline",
+        "the data path is measured on the same CPU cores the model's steps use; see bench/input_pipeline.py.",
+    ),
 )
 
 
