@@ -83,7 +83,7 @@ mlflow-ui:  ## browse runs and the model registry of the embedded store
 # `make bench` (after `make run`): every section of bench/results.json measured again, then bench/RESULTS.md and the
 # README's results table (bench/report.py). Estimated wall time on 2 otherwise idle cores, from each script's
 # workload and the earlier figures in results.json (a full run's fixed cost ~60 s; fast_net ~1,000 images/s):
-#   orchestration   ~12 min  3 + 3 alternating full runs (1,000 images/class, 3 epochs: ~100 s each), 3 + 3 no-ops
+#   orchestration   ~14 min  3 + 3 alternating full runs (1,000 images/class, 3 epochs: ~110 s each), 3 + 3 no-ops
 #   training         ~5 min  3 + 3 alternating fresh-process runs, seed CNN, 3 epochs on the full train split
 #   input_pipeline   ~1 min  3 epochs through the array path + 60 training steps
 #   compression      ~2 min  every variant on the 10,000 test images: accuracy, latency, batch-256 rate
@@ -92,13 +92,13 @@ mlflow-ui:  ## browse runs and the model registry of the embedded store
 #   default_run      <1 min  reads the workspace's metrics (nothing re-measured)
 #   serving          ~2 min  raw interpreter rates + 5 load levels of 10 s (needs a champion: mlops promote)
 #   report           <1 min
-#   total           ~39 min  (target: within 60 min)
+#   total           ~41 min  (target: within 60 min)
 bench: setup dataset bench-tools  ## benchmark suite (after `make run`): bench/results.json, RESULTS.md, README table
 	@start=$$SECONDS; set -e; cd bench; \
 	step() { local t=$$SECONDS; echo "=== bench: $$*"; $(BIN)/python "$$@"; echo "=== bench: $$1 $$((SECONDS - t)) s"; }; \
 	step orchestration.py; step training.py; step input_pipeline.py; step compression.py --workspace ..; \
 	step scaling.py; step run_overhead.py; step default_run.py --workspace ..; \
-	if (cd .. && $(BIN)/mlops status 2>/dev/null) | grep -q "'champion'"; then step serving.py --workspace ..; \
+	if (cd .. && $(BIN)/mlops status 2>/dev/null) | grep -q "'champion': '"; then step serving.py --workspace ..; \
 	else echo "=== bench: serving NOT measured (its section keeps its old figures): the registry has no champion;" \
 	  "approve the run first: mlops promote --approve --by NAME --reason bench"; fi; \
 	step report.py; \

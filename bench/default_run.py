@@ -39,6 +39,7 @@ def training(train: dict) -> dict:
         "backend": train.get("backend"),
         "device": train.get("device", "gpu" if train.get("gpus") else "cpu"),
         "precision": train.get("precision", train.get("dtype_policy")),
+        "cpus": train.get("cpus"),
     }
 
 

@@ -133,8 +133,6 @@ def results_md(results: dict) -> str:
         "",
         *missed(summary),
     ]
-    if "accuracy_at_budget" in results.get("training", {}) and (HERE / "accuracy_vs_time.png").is_file():
-        lines += ["", "![accuracy vs wall time (old method)](accuracy_vs_time.png)"]
     return "\n".join(lines) + "\n"
 
 

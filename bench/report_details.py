@@ -202,7 +202,8 @@ def readme_block(results: dict) -> list[str]:
             ),
         ],
     ]
-    when = f"measured {d.get('evaluated_at', d.get('measured_at'))} on {d.get('cpus')} CPU cores"
+    cpus = t.get("cpus", d.get("cpus"))
+    when = f"evaluated {d.get('evaluated_at', d.get('measured_at'))}, trained on {cpus} CPU cores"
     return [f"Default params, {when} (`bench/default_run.py`):", "", *table(["figure", "value"], rows)]
 
 
