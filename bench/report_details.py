@@ -139,30 +139,36 @@ def serving_details(s: dict | None) -> list[str]:
     return out
 
 
+def _frontier_row(p: dict) -> list[object]:
+    wall = p.get("wall_seconds")
+    on = p.get("on_frontier")
+    return [
+        p.get("label", ""),
+        p.get("model", ""),
+        num(p.get("budget_minutes"), 1) if p.get("budget_minutes") is not None else "– (params.yaml epochs)",
+        num(wall / 60 if wall is not None else None, 1),
+        num(p.get("test_accuracy"), 4),
+        "–" if on is None else ("yes" if on else "no"),
+    ]
+
+
 def frontier_details(f: object) -> list[str]:
-    """The accuracy / wall-time frontier (bench/frontier.py): every point and the default config."""
+    """The accuracy / wall-time frontier (bench/frontier.py): every point, the default config among them."""
     if not f:
         return []
-    points = f if isinstance(f, list) else dig(f, "points", default=[])
+    points = [p for p in (f if isinstance(f, list) else dig(f, "points", default=[])) if isinstance(p, dict)]
     default = dig(f, "default") if isinstance(f, dict) else None
-    rows = [
-        *points,
-        *([{**default, "label": f"default: {default.get('label', '')}"}] if isinstance(default, dict) else []),
-    ]
-    cells = (
-        [
-            p.get("label", ""),
-            p.get("model", ""),
-            num(p.get("budget_minutes"), 1),
-            num(p.get("wall_seconds") / 60 if p.get("wall_seconds") is not None else None, 1),
-            num(p.get("test_accuracy"), 4),
-            met(p.get("on_frontier")),
-        ]
-        for p in rows
-        if isinstance(p, dict)
-    )
+    if isinstance(default, dict) and default not in points:
+        points.append({**default, "label": f"default ({default.get('label', '')})"})
     out = ["", "### Accuracy / wall-time frontier", ""]
-    out += table(["config", "model", "budget min", "wall min", "test accuracy", "on frontier"], cells)
+    if isinstance(f, dict) and f.get("command"):
+        out += [f"`{f['command']}`; test accuracy vs the train stage's wall time.", ""]
+    out += table(
+        ["config", "model", "budget min", "wall min", "test accuracy", "on frontier"], map(_frontier_row, points)
+    )
+    if isinstance(default, dict):
+        on = default.get("on_frontier")
+        out += ["", f"The default config is on the frontier: {'–' if on is None else ('yes' if on else 'no')}."]
     return [*out, "", "![frontier](frontier.png)"]
 
 

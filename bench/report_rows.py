@@ -268,6 +268,13 @@ def gpu_check(g: dict | None) -> list[Row]:
     return [_row("GPU check: train stage GPU ÷ CPU", value, "reported")]
 
 
+def frontier(f: dict) -> list[Row]:
+    """Whether the default config is on the accuracy / wall-time frontier (details: its own section)."""
+    on = f.get("default_on_frontier") if isinstance(f, dict) else None
+    value = "n/a" if on is None else ("yes" if on else "no")
+    return [_row("default config on the accuracy / wall-time frontier (bench/frontier.py)", value, "reported")]
+
+
 SECTIONS = {
     "training": training,
     "orchestration": orchestration,
@@ -277,6 +284,7 @@ SECTIONS = {
     "input_pipeline": input_pipeline,
     "run_overhead": run_overhead,
     "serving": serving,
+    "frontier": frontier,
 }
 
 

@@ -121,6 +121,7 @@ def test_frontier_and_readme_block_render():
     results = _synthetic()
     md = report.results_md(results)
     assert "| seed 2 min | seed_cnn | 2.0 | 2.0 | 0.9100 | yes |" in md
+    assert "| default (default) | fast_net | – (params.yaml epochs) | 15.6 | 0.9264 | – |" in md
     readme = report.readme_text(results, f"# x\n\n## Results\n\n{report.BEGIN}\nold\n{report.END}\n\n## Next\n")
     assert "old" not in readme.split(report.BEGIN)[1] and "3.896 (target ≥ 3.9: missed)" in readme
     assert readme.endswith(f"{report.END}\n\n## Next\n")
