@@ -31,7 +31,14 @@ HERE = Path(__file__).resolve()
 
 
 def bench_config(args: argparse.Namespace):
-    """params.yaml's `train:` with this benchmark's model, epochs and sample cap; augmentation off, TF float32 CPU."""
+    """params.yaml's `train:` with this benchmark's model, epochs and sample cap; augmentation off, TF float32 CPU.
+
+    Args:
+        args: the command line (model, epochs, max_train_samples).
+
+    Returns:
+        The TrainConfig both sides train with.
+    """
     from pipeline.core.config import load_params
 
     train = load_params(ROOT / "params.yaml").train
@@ -40,6 +47,7 @@ def bench_config(args: argparse.Namespace):
         | {
             "model": args.model,
             "epochs": args.epochs,
+            "budget_minutes": None,  # the epochs above, on both sides (no budget-sized schedule)
             "max_train_samples": args.max_train_samples,
             "augment": {"flip": False, "translate": 0.0},
             "backend": "tensorflow",
@@ -62,7 +70,8 @@ def _epoch_timer(keras, times: list[float]):
 
 def bare(cfg, seed: int, prepared: Path) -> dict:
     """The same recipe written as a plain Keras script: build, compile, fit on in-memory float32 arrays."""
-    os.environ["KERAS_BACKEND"] = cfg.backend
+    os.environ["KERAS_BACKEND"] = cfg.backend  # as the stage's accelerator.activate does for a CPU plan
+    os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     import keras
 
     from pipeline.core import io
