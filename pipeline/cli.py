@@ -115,14 +115,30 @@ def serve(
     ] = "s3",
     host: Annotated[str | None, typer.Option(help="Bind host (default: deploy.serve_host).")] = None,
     port: Annotated[int | None, typer.Option(help="Bind port (default: deploy.serve_port).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: deploy.serve_workers).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Inference threads per worker (default: deploy.serve_threads).")
+    ] = None,
+    batch_max_images: Annotated[
+        int | None, typer.Option(help="Micro-batch size bound (default: deploy.batch_max_images).")
+    ] = None,
+    batch_max_wait_ms: Annotated[
+        float | None, typer.Option(help="Micro-batch gathering wait (default: deploy.batch_max_wait_ms).")
+    ] = None,
 ) -> None:
-    """Serve the champion over HTTP (/health, /predict, /reload), hot-reloading when it changes."""
+    """Serve the champion over HTTP (/health, /predict, /reload, /metrics), hot-reloading when it changes."""
     from pipeline.delivery import server
 
     if source not in ("s3", "registry"):
         fail(f"--source must be 's3' or 'registry', got {source!r}")
     cfg = load(params)
-    call(server.serve, cfg, source, host, port)
+    overrides = {
+        "serve_workers": workers,
+        "serve_threads": threads,
+        "batch_max_images": batch_max_images,
+        "batch_max_wait_ms": batch_max_wait_ms,
+    }
+    call(server.serve, cfg, source, host, port, **overrides)
 
 
 def _champion_branch(cfg: Params, remote: str | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import sys
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from itertools import repeat
@@ -48,15 +49,31 @@ def _list_split(root: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def load_image(path: Path, size: tuple[int, int], channels: int) -> tuple[np.ndarray, str]:
-    """Decode one image to uint8 (H, W, channels) and return it with the file's sha256.
+class ImageDecodeError(ValueError):
+    """Bytes that PIL cannot decode as an image (corrupt, truncated or not an image)."""
 
-    DatasetError naming the file if it cannot be read or decoded.
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image whose pixel count exceeds the caller's `max_pixels` (checked before decoding)."""
+
+
+def decode_image(data: bytes, size: tuple[int, int], channels: int, max_pixels: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes (PNG, JPEG, ...) to uint8 (H, W, channels): the one decode path of the project.
+
+    Converted to L or RGB (alpha dropped, palettes expanded, 16-bit grey scaled) and resized bilinearly to `size`
+    (H, W). Ingest (`load_image`), `mlops predict` and the model server all decode through here.
+
+    Raises:
+        ImageTooLargeError: the image has more than `max_pixels` pixels (when given); nothing was decoded.
+        ImageDecodeError: the bytes cannot be decoded as an image.
     """
     mode = "L" if channels == 1 else "RGB"
     try:
-        data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as opened:
+            if max_pixels is not None and opened.width * opened.height > max_pixels:
+                raise ImageTooLargeError(
+                    f"image of {opened.width}×{opened.height} pixels exceeds the limit of {max_pixels} pixels"
+                )
             opened.load()
             im: Image.Image = opened
             if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grey: scale, don't clip
@@ -68,11 +85,27 @@ def load_image(path: Path, size: tuple[int, int], channels: int) -> tuple[np.nda
             if im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
+    except ImageTooLargeError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        message = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))  # PIL names the buffer
+        raise ImageDecodeError(message or type(exc).__name__) from exc
+    return arr.reshape(size[0], size[1], channels)
+
+
+def load_image(path: Path, size: tuple[int, int], channels: int) -> tuple[np.ndarray, str]:
+    """Decode one image file (`decode_image`) to uint8 (H, W, channels) and return it with the file's sha256.
+
+    DatasetError naming the file if it cannot be read or decoded.
+    """
+    try:
+        data = path.read_bytes()
+        arr = decode_image(data, size, channels)
+    except (OSError, ImageDecodeError) as exc:
         raise DatasetError(
             f"{path}: cannot read image ({exc}); the file is corrupt or not an image: replace or remove it"
         ) from exc
-    return arr.reshape(size[0], size[1], channels), hashlib.sha256(data).hexdigest()
+    return arr, hashlib.sha256(data).hexdigest()
 
 
 def _decode_chunk(paths: list[Path], size: tuple[int, int], channels: int) -> tuple[np.ndarray, list[str]]:

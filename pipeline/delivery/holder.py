@@ -5,15 +5,18 @@ the new model and swaps one reference: requests in flight finish on the model th
 and a broken new model is never swapped in (the old one keeps serving). `Reloader` calls it every
 `reload_seconds` in the background.
 
-TFLite interpreters are not thread-safe, so each loaded model carries its own lock around inference.
+TFLite interpreters are not thread-safe, so each loaded model carries a pool of interpreters (one per inference
+thread, `deploy.serve_threads`); a call borrows one for its duration.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,8 +33,15 @@ class Served:
 
     model: TFLiteModel
     manifest: dict
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    interpreters: int = 1
     loaded_at: float = field(default_factory=time.time)
+    _pool: queue.SimpleQueue[TFLiteModel] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """One single-threaded interpreter per inference thread (the loaded model itself is kept for its shape)."""
+        self._pool = queue.SimpleQueue()
+        for _ in range(self.interpreters):
+            self._pool.put(self.model.clone(num_threads=1))
 
     @property
     def version(self) -> str:
@@ -43,17 +53,20 @@ class Served:
         """Class names in output order."""
         return list(self.manifest.get("class_names") or [])
 
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        """Softmax class probabilities for a (N, *input_shape) batch."""
-        with self.lock:  # one interpreter, one caller at a time
-            logits = self.model.predict(x)
+    def probabilities(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Softmax class probabilities for a (N, *input_shape) batch, in interpreter calls of <= `batch_size`."""
+        interpreter = self._pool.get()  # blocks only when every interpreter is busy
+        try:
+            logits = interpreter.predict(x, batch_size)
+        finally:
+            self._pool.put(interpreter)
         return softmax(logits)
 
 
-def build_served(source) -> Served:
+def build_served(source, interpreters: int = 1) -> Served:
     """Load from the source and smoke-test before anything may serve it."""
     model, manifest = source.load()
-    served = Served(model, dict(manifest))
+    served = Served(model, dict(manifest), interpreters)
     shape = tuple(model.input_shape)
     if manifest.get("input_shape") is not None and tuple(manifest["input_shape"]) != shape:
         raise StageError(f"v{served.version}: manifest input_shape {manifest['input_shape']} != model's {list(shape)}")
@@ -72,9 +85,19 @@ def build_served(source) -> Served:
 class ModelHolder:
     """Holds the Served model; `check()` swaps in a new one when the source's version changed."""
 
-    def __init__(self, source):
-        self.source = source
-        self.current: Served = build_served(source)
+    def __init__(
+        self,
+        source,
+        interpreters: int = 1,
+        on_swap: Callable[[Served | None, Served], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
+    ):
+        """Load the source's current model now; `on_swap(old, new)` / `on_failure(error)` hear of each reload."""
+        self.source, self.interpreters = source, interpreters
+        self.on_swap, self.on_failure = on_swap, on_failure
+        self.current: Served = build_served(source, interpreters)
+        if on_swap:
+            on_swap(None, self.current)
         self._reload_lock = threading.Lock()  # one reload at a time (poller vs POST /reload)
         self.last_check: float | None = None
         self.last_error: str | None = None
@@ -89,13 +112,17 @@ class ModelHolder:
                 if latest == before and not force:
                     self.last_error = None
                     return {"reloaded": False, "version": before}
-                new = build_served(self.source)
+                new = build_served(self.source, self.interpreters)
             except Exception as exc:  # keep serving the old model, report why (re-raised)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("reload check failed; still serving v%s: %s", before, self.last_error)
+                if self.on_failure:
+                    self.on_failure(self.last_error)
                 raise
-            self.current = new  # the swap: a single reference assignment
+            old, self.current = self.current, new  # the swap: a single reference assignment
             self.last_error = None
+            if self.on_swap:
+                self.on_swap(old, new)
             if new.version != before:
                 log.info("now serving v%s (was v%s)", new.version, before)
             return {"reloaded": new.version != before, "version": new.version, "previous_version": before}

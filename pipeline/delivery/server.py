@@ -3,23 +3,29 @@
 A *source* supplies the model: `load() -> (TFLiteModel, manifest)` and a cheap `current_version() -> str`.
 `S3Source` follows champion/pointer.json in S3 (what `mlops deploy` writes); `RegistrySource` follows an MLflow
 alias directly. `pipeline.delivery.holder` keeps the loaded model and swaps it when the source's version
-changes; `pipeline.delivery.api` is the FastAPI app (/health, /predict, /reload); `serve` runs it with uvicorn.
+changes; `pipeline.delivery.api` is the FastAPI app (/health, /predict, /reload, /metrics); `serve` runs it with uvicorn
+(uvloop + httptools, access log off by default), in one process or `deploy.serve_workers` worker processes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import tempfile
-from typing import Protocol
+from typing import Any, Protocol
 
 from pipeline.core.config import DeployConfig, Params
 from pipeline.core.errors import StageError
 from pipeline.delivery import releases
 from pipeline.delivery.api import create_app
+from pipeline.delivery.metrics import MULTIPROC_ENV
 from pipeline.delivery.s3 import s3_client, s3_url
 from pipeline.registry import store
 from pipeline.registry.aliases import CHAMPION
 from pipeline.registry.champion import load_by_alias
+
+SERVE_ENV = "MLOPS_SERVE_SPEC"  # JSON handed from `serve` to each worker process's `app_from_env`
 
 
 class ModelSource(Protocol):
@@ -94,17 +100,65 @@ class RegistrySource:
 
 def make_source(params: Params, source_kind: str) -> ModelSource:
     """The model source for `mlops serve --source s3|registry`."""
+    return _source(params.deploy, params.register_.model_name, source_kind)
+
+
+def _source(cfg: DeployConfig, model_name: str, source_kind: str) -> ModelSource:
     if source_kind == "s3":
-        return S3Source(params.deploy, params.register_.model_name)
+        return S3Source(cfg, model_name)
     if source_kind == "registry":
-        return RegistrySource(params.register_.model_name, CHAMPION)
+        return RegistrySource(model_name, CHAMPION)
     raise StageError(f"unknown model source {source_kind!r}; choose 's3' or 'registry'")
 
 
-def serve(params: Params, source_kind: str = "s3", host: str | None = None, port: int | None = None) -> None:
-    """Run the API with uvicorn until interrupted."""
+def app_from_env():
+    """The app of one uvicorn worker process (`factory=True`), configured by `serve` through SERVE_ENV."""
+    spec = json.loads(os.environ[SERVE_ENV])
+    cfg = DeployConfig.model_validate(spec["deploy"])
+    return create_app(_source(cfg, spec["model_name"], spec["source"]), cfg)
+
+
+def serve_config(params: Params, **overrides) -> DeployConfig:
+    """`params.deploy` with the non-None `overrides` (CLI options) applied and validated (ConfigError if bad)."""
+    from pydantic import ValidationError
+
+    from pipeline.core.config import ConfigError
+
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return DeployConfig.model_validate({**params.deploy.model_dump(), **changes})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid serve option: {exc}") from None
+
+
+def serve(
+    params: Params, source_kind: str = "s3", host: str | None = None, port: int | None = None, **overrides
+) -> None:
+    """Run the API with uvicorn until interrupted: one process, or `serve_workers` worker processes.
+
+    `overrides` are DeployConfig fields (serve_workers, serve_threads, batch_max_images, batch_max_wait_ms).
+    Several workers each load the model (sha256 checked), micro-batch and hot-reload on their own; /metrics
+    aggregates them through a PROMETHEUS_MULTIPROC_DIR created here and removed at exit.
+    """
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(make_source(params, source_kind), params.deploy)
-    uvicorn.run(app, host=host or params.deploy.serve_host, port=port or params.deploy.serve_port, log_level="info")
+    cfg = serve_config(params, **overrides)
+    source = _source(cfg, params.register_.model_name, source_kind)
+    run: dict[str, Any] = {
+        "host": host or cfg.serve_host,
+        "port": port or cfg.serve_port,
+        "log_level": "info",
+        "access_log": cfg.serve_access_log,
+        "loop": "uvloop",
+        "http": "httptools",
+    }
+    if cfg.serve_workers == 1:
+        uvicorn.run(create_app(source, cfg), **run)
+        return
+    source.current_version()  # fail here, clearly, when nothing can be served (not in every worker)
+    with tempfile.TemporaryDirectory(prefix="mlops-serve-metrics-") as metrics_dir:
+        os.environ[MULTIPROC_ENV] = metrics_dir
+        spec = {"deploy": cfg.model_dump(mode="json"), "model_name": params.register_.model_name, "source": source_kind}
+        os.environ[SERVE_ENV] = json.dumps(spec)
+        uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=cfg.serve_workers, **run)

@@ -21,12 +21,21 @@ class TFLiteModel:
         from ai_edge_litert.interpreter import Interpreter
 
         content = model if isinstance(model, bytes) else Path(model).read_bytes()
+        self._content, self._num_threads = content, num_threads
         self._interpreter = Interpreter(model_content=content, num_threads=num_threads)
         self._in = self._interpreter.get_input_details()[0]
         self._out = self._interpreter.get_output_details()[0]
         self.input_shape = tuple(int(d) for d in self._in["shape"][1:])
         self.input_dtype = np.dtype(self._in["dtype"])
         self._batch: int | None = None
+
+    def clone(self, num_threads: int | None = None) -> TFLiteModel:
+        """Another interpreter of the same model (interpreters are not thread-safe: one per thread).
+
+        Args:
+            num_threads: the clone's interpreter threads; None keeps this model's setting.
+        """
+        return TFLiteModel(self._content, self._num_threads if num_threads is None else num_threads)
 
     def _resize(self, batch: int) -> None:
         if batch != self._batch:
