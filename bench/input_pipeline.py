@@ -75,10 +75,11 @@ def main() -> None:
 
     params = load_params(ROOT / "params.yaml")
     cfg = params.train
-    prepared = prepared_data(Path(tempfile.mkdtemp(prefix="bench-input-")), args.max_per_class)
-    stats = io.read_json(prepared / "stats.json")
-    x, y = io.read_split(prepared, "train")
-    xv, yv = io.read_split(prepared, "val")
+    with tempfile.TemporaryDirectory(prefix="bench-input-") as work:
+        prepared = prepared_data(Path(work), args.max_per_class)
+        stats = io.read_json(prepared / "stats.json")
+        x, y = io.read_split(prepared, "train")
+        xv, yv = io.read_split(prepared, "val")
     started = time.perf_counter()
     inputs = _fit_inputs(keras, x, y, xv, yv, len(stats["class_names"]), cfg.batch_size, params.seed, False)
     prep = time.perf_counter() - started

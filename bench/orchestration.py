@@ -93,9 +93,8 @@ def main() -> None:
         "compress": {"fine_tune_epochs": 1},
         "evaluate": {"min_accuracy": 0.5, "per_class_floor": 0.0, "max_drop_vs_fp32": 0.05},
     }
-    tmp = Path(tempfile.mkdtemp(prefix="bench-orch-"))
-    with prefect_server() as env:
-        full, projects = full_runs(tmp, params, env, args.runs)
+    with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp, prefect_server() as env:
+        full, projects = full_runs(Path(tmp), params, env, args.runs)
         noop = noop_runs(projects, env, args.runs)
     flow_vs_bare = compare(full, "seconds", "bare", "flow")
     noops = compare(noop, "seconds", "noop_dvc_repro", "noop_flow")

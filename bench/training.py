@@ -124,8 +124,9 @@ def stage(cfg, seed: int, prepared: Path) -> dict:
     """One run of the real train stage (pipeline.stages.train.run) into a scratch directory."""
     from pipeline.stages import train as train_stage
 
-    out = Path(tempfile.mkdtemp(prefix="bench-train-stage-"))
-    m = train_stage.run(cfg, seed, prepared, out / "model.keras", out / "train.json", out / "plots", out / "backup")
+    with tempfile.TemporaryDirectory(prefix="bench-train-stage-") as scratch:
+        out = Path(scratch)
+        m = train_stage.run(cfg, seed, prepared, out / "model.keras", out / "train.json", out / "plots", out / "backup")
     return {
         "images_per_second": m["images_per_second"],
         "fit_seconds": m["fit_seconds"],
@@ -158,12 +159,13 @@ def main() -> None:
         worker(args)
         return
     cfg = bench_config(args)
-    prepared = prepared_data(Path(tempfile.mkdtemp(prefix="bench-train-")), args.max_per_class)
-    common = ["--epochs", str(args.epochs), "--model", args.model, "--prepared", str(prepared)]
-    if args.max_train_samples:
-        common += ["--max-train-samples", str(args.max_train_samples)]
-    sides = {side: lambda _i, s=side: python_json([str(HERE), "--worker", s, *common]) for side in ("bare", "stage")}
-    runs = alternate(sides, args.runs)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
+        prepared = prepared_data(Path(work), args.max_per_class)
+        common = ["--epochs", str(args.epochs), "--model", args.model, "--prepared", str(prepared)]
+        if args.max_train_samples:
+            common += ["--max-train-samples", str(args.max_train_samples)]
+        sides = {s: lambda _i, s=s: python_json([str(HERE), "--worker", s, *common]) for s in ("bare", "stage")}
+        runs = alternate(sides, args.runs)
     save(
         "training",
         {
