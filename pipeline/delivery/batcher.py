@@ -3,7 +3,9 @@
 `MicroBatcher.submit(served, x)` queues a request's validated (n, H, W, C) batch and returns a
 `concurrent.futures.Future` of its (n, K) probabilities (an async handler awaits it with `asyncio.wrap_future`, so
 the batcher works under any event loop). `threads` inference threads each loop: wait for a first request, wait up
-to `max_wait_ms` after its arrival (or until `max_images` images are queued), take queued requests in arrival
+to `max_wait_ms` after its arrival for more — only while other requests are on their way (announced with
+`arriving()`, not yet submitted or abandoned), so a lone client never waits — or until `max_images` images are
+queued, take queued requests in arrival
 order while they fit in `max_images` images and are pinned to the same `Served` model as the first, run them as
 one call on one of that model's interpreters, and hand each request its slice. A request larger than
 `max_images` runs alone, in interpreter calls of at most `max_images`. A failing call fails only the requests in
@@ -54,6 +56,7 @@ class MicroBatcher:
         self.max_images, self.max_wait, self.on_batch = max_images, max_wait_ms / 1000, on_batch
         self._queue: deque[_Request] = deque()
         self._queued_images = 0
+        self._arriving = 0  # requests announced by arriving() and neither submitted nor abandoned yet
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [
@@ -62,16 +65,37 @@ class MicroBatcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, served: Served, x: np.ndarray) -> Future:
-        """Queue one request's (n, *input_shape) batch for `served`; the future resolves to its (n, K) rows."""
+    def arriving(self) -> None:
+        """A request has arrived and will be `submit`ted (or `abandon`ed): a batch may wait for it."""
+        with self._cond:
+            self._arriving += 1
+
+    def abandon(self) -> None:
+        """A request announced by `arriving` will not be submitted (bad input, client gone)."""
+        with self._cond:
+            self._arriving -= 1
+            if not self._arriving and self._queue:
+                self._cond.notify()
+
+    def submit(self, served: Served, x: np.ndarray, announced: bool = False) -> Future:
+        """Queue one request's (n, *input_shape) batch for `served`; the future resolves to its (n, K) rows.
+
+        Args:
+            served: the model the request is pinned to.
+            x: its validated batch.
+            announced: the request was announced with `arriving()`.
+        """
         request = _Request(served, x)
         with self._cond:
+            if announced:
+                self._arriving -= 1
             if self._closed:
-                raise RuntimeError("the batcher is closed")
-            wake = not self._queue or self._queued_images + len(x) >= self.max_images
+                raise BatchFailed("the server is shutting down")
+            # the first request starts a batch; a full queue or nobody else on the way ends the wait early
+            wake = not self._queue or not self._arriving or self._queued_images + len(x) >= self.max_images
             self._queue.append(request)
             self._queued_images += len(x)
-            if wake:  # the first request starts a batch; a full queue ends the wait early
+            if wake:
                 self._cond.notify()
         return request.future
 
@@ -103,7 +127,7 @@ class MicroBatcher:
             if self._closed:
                 return None
             deadline = self._queue[0].arrived + self.max_wait
-            while self._queue and self._queued_images < self.max_images and not self._closed:
+            while self._queue and self._arriving and self._queued_images < self.max_images and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

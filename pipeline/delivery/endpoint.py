@@ -87,6 +87,7 @@ class PredictEndpoint:
         served = self.holder.current  # pin this request to one model, whatever reloads meanwhile
         content_type = _header(scope, b"content-type")
         kind = input_kind(content_type)
+        self.batcher.arriving()  # a batch being gathered may wait for this request
         try:
             body = await read_body(scope, receive, self.limit)
             shape = tuple(served.model.input_shape)
@@ -94,10 +95,12 @@ class PredictEndpoint:
                 x = parse_body(kind, content_type, body, shape)
             else:
                 x = await run_in_threadpool(parse_body, kind, content_type, body, shape)
-        except RequestError as exc:
-            exc.kind = kind
+        except BaseException as exc:
+            self.batcher.abandon()
+            if isinstance(exc, RequestError):
+                exc.kind = kind
             raise
-        probs = await asyncio.wrap_future(self.batcher.submit(served, x))
+        probs = await asyncio.wrap_future(self.batcher.submit(served, x, announced=True))
         return kind, prediction(served, probs)
 
     async def answer(self, scope: dict, receive) -> tuple[int, bytes]:
