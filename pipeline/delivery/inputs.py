@@ -121,6 +121,7 @@ def parse_instances(payload, shape: tuple[int, ...], numbers_only: bool = False)
 def _as_nhwc(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """An (H,W), (H,W,C), (N,H,W) or (N,H,W,C) array as (N,H,W,C); RequestError 400 for any other shape."""
     h, w = shape[0], shape[1]
+    sent = list(arr.shape)
     if arr.ndim == 2:
         arr = arr[None, ..., None]
     elif arr.ndim == 3 and arr.shape[:2] == (h, w) and arr.shape[2] in (1, 3):
@@ -130,7 +131,7 @@ def _as_nhwc(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if arr.ndim != 4 or arr.shape[1:3] != (h, w):
         raise RequestError(
             400,
-            f"wrong array shape {list(arr.shape)}; expected images of {h}×{w}: (H,W), (H,W,C), (N,H,W) or (N,H,W,C)",
+            f"wrong array shape {sent}; expected images of {h}×{w}: (H,W), (H,W,C), (N,H,W) or (N,H,W,C)",
         )
     if len(arr) == 0:
         raise RequestError(400, "the array holds no images")
