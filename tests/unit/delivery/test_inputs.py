@@ -87,7 +87,8 @@ def test_npy_layouts_and_channel_conversion_match_preprocess(layout):
     np.save(buf, arr)
     np.testing.assert_array_equal(parse_npy(buf.getvalue(), (8, 8, 1)), grey[:n].astype(np.float32))
     # the other channel count: converted exactly as the preprocess stage converts
-    np.testing.assert_array_equal(parse_npy(buf.getvalue(), (8, 8, 3)), convert_channels(grey[:n], 3).astype(np.float32))
+    as_rgb = convert_channels(grey[:n], 3).astype(np.float32)
+    np.testing.assert_array_equal(parse_npy(buf.getvalue(), (8, 8, 3)), as_rgb)
     rgb = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
     buf = io.BytesIO()
     np.save(buf, rgb)
