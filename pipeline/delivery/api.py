@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -23,27 +24,31 @@ from pipeline.delivery.batcher import MicroBatcher
 from pipeline.delivery.endpoint import PredictEndpoint, PredictMiddleware, json_bytes
 from pipeline.delivery.holder import ModelHolder, Reloader
 from pipeline.delivery.metrics import CONTENT_TYPE, ServerMetrics
+from pipeline.delivery.peers import ReloadPeers
 
 
 def _json(content: dict, status: int = 200) -> Response:
     return Response(json_bytes(content), status, media_type="application/json")
 
 
-def _lifespan(holder: ModelHolder, batcher: MicroBatcher, every: float, start_reloader: bool):
-    """The app's lifespan: the background reloader runs while the app does (when `start_reloader`)."""
+def _lifespan(holder: ModelHolder, batcher: MicroBatcher, peers: ReloadPeers | None, every: float, reloader: bool):
+    """The app's lifespan: the background reloader (when `reloader`) and the peers' watcher run while the app does."""
 
     @asynccontextmanager
     async def lifespan(app):
         """Run the reloader for as long as the app runs; stop the inference threads at the end."""
-        reloader = Reloader(holder, every) if start_reloader else None
-        if reloader:
-            reloader.start()
+        poller = Reloader(holder, every) if reloader else None
+        for thread in (poller, peers):
+            if thread:
+                thread.start()
         try:
             yield
         finally:
-            if reloader:
-                reloader.stop.set()
-                reloader.join(timeout=5)
+            if poller:
+                poller.stop.set()
+                poller.join(timeout=5)
+            if peers:
+                peers.close()
             batcher.close()
 
     return lifespan
@@ -68,10 +73,14 @@ def _add_health(app: FastAPI, holder: ModelHolder, source, metrics: ServerMetric
         return _json(body)
 
 
-def _add_reload(app: FastAPI, holder: ModelHolder, metrics: ServerMetrics) -> None:
+def _add_reload(app: FastAPI, holder: ModelHolder, metrics: ServerMetrics, peers: ReloadPeers | None) -> None:
     @app.post("/reload")
     async def reload() -> Response:
-        """Reload now if the source names another version (503, old model kept, when that fails)."""
+        """Reload now if the source names another version (503, old model kept, when that fails).
+
+        With several worker processes, every other worker checks its source too before the answer, which then
+        lists each worker's version under "workers".
+        """
         started = time.perf_counter()
         try:
             result = await run_in_threadpool(holder.check)
@@ -84,6 +93,8 @@ def _add_reload(app: FastAPI, holder: ModelHolder, metrics: ServerMetrics) -> No
                 },
                 status_code=503,
             )
+        if peers:
+            result["workers"] = await run_in_threadpool(peers.broadcast)
         metrics.observe("/reload", 200, "none", started)
         return _json(result)
 
@@ -95,8 +106,17 @@ def _add_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
 
-def create_app(source, cfg: DeployConfig | None = None, *, start_reloader: bool = True) -> FastAPI:
-    """The FastAPI app serving `source`'s model. Loads it now (StageError if nothing can be served)."""
+def create_app(
+    source, cfg: DeployConfig | None = None, *, start_reloader: bool = True, peers_dir: Path | None = None
+) -> FastAPI:
+    """The FastAPI app serving `source`'s model. Loads it now (StageError if nothing can be served).
+
+    Args:
+        source: the model source (`pipeline.delivery.server`).
+        cfg: the deploy: section (serving keys).
+        start_reloader: poll the source every `cfg.reload_seconds` while the app runs.
+        peers_dir: the directory shared by the worker processes of one server (`pipeline.delivery.peers`).
+    """
     cfg = cfg or DeployConfig()
     metrics = ServerMetrics()
     holder = ModelHolder(
@@ -108,10 +128,12 @@ def create_app(source, cfg: DeployConfig | None = None, *, start_reloader: bool 
         on_failure=lambda _error: metrics.reload_failed(),
     )
     batcher = MicroBatcher(cfg.batch_max_images, cfg.batch_max_wait_ms, cfg.serve_threads, on_batch=metrics.batch)
-    app = FastAPI(title="image classifier", lifespan=_lifespan(holder, batcher, cfg.reload_seconds, start_reloader))
+    peers = ReloadPeers(peers_dir, holder) if peers_dir else None
+    lifespan = _lifespan(holder, batcher, peers, cfg.reload_seconds, start_reloader)
+    app = FastAPI(title="image classifier", lifespan=lifespan)
     app.state.holder, app.state.batcher, app.state.metrics = holder, batcher, metrics
     _add_health(app, holder, source, metrics)
     app.add_middleware(PredictMiddleware, endpoint=PredictEndpoint(holder, batcher, cfg.max_body_bytes, metrics))
-    _add_reload(app, holder, metrics)
+    _add_reload(app, holder, metrics, peers)
     _add_metrics(app, metrics)
     return app

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.core.config import DeployConfig, Params
@@ -115,7 +116,7 @@ def app_from_env():
     """The app of one uvicorn worker process (`factory=True`), configured by `serve` through SERVE_ENV."""
     spec = json.loads(os.environ[SERVE_ENV])
     cfg = DeployConfig.model_validate(spec["deploy"])
-    return create_app(_source(cfg, spec["model_name"], spec["source"]), cfg)
+    return create_app(_source(cfg, spec["model_name"], spec["source"]), cfg, peers_dir=Path(spec["peers_dir"]))
 
 
 def serve_config(params: Params, **overrides) -> DeployConfig:
@@ -137,8 +138,9 @@ def serve(
     """Run the API with uvicorn until interrupted: one process, or `serve_workers` worker processes.
 
     `overrides` are DeployConfig fields (serve_workers, serve_threads, batch_max_images, batch_max_wait_ms).
-    Several workers each load the model (sha256 checked), micro-batch and hot-reload on their own; /metrics
-    aggregates them through a PROMETHEUS_MULTIPROC_DIR created here and removed at exit.
+    Several workers each load the model (sha256 checked), micro-batch and hot-reload on their own; POST /reload
+    reaches all of them (`pipeline.delivery.peers`) and /metrics aggregates them, through a temp dir created here
+    (PROMETHEUS_MULTIPROC_DIR + the peers' directory) and removed at exit.
     """
     import uvicorn
 
@@ -157,8 +159,15 @@ def serve(
         uvicorn.run(create_app(source, cfg), **run)
         return
     source.current_version()  # fail here, clearly, when nothing can be served (not in every worker)
-    with tempfile.TemporaryDirectory(prefix="mlops-serve-metrics-") as metrics_dir:
-        os.environ[MULTIPROC_ENV] = metrics_dir
-        spec = {"deploy": cfg.model_dump(mode="json"), "model_name": params.register_.model_name, "source": source_kind}
+    with tempfile.TemporaryDirectory(prefix="mlops-serve-") as shared:
+        os.environ[MULTIPROC_ENV] = str(Path(shared, "metrics"))
+        Path(shared, "metrics").mkdir()
+        Path(shared, "peers").mkdir()
+        spec = {
+            "deploy": cfg.model_dump(mode="json"),
+            "model_name": params.register_.model_name,
+            "source": source_kind,
+            "peers_dir": str(Path(shared, "peers")),
+        }
         os.environ[SERVE_ENV] = json.dumps(spec)
         uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=cfg.serve_workers, **run)

@@ -1,6 +1,7 @@
 """Serving under load: the real `mlops serve --source s3` process against nanio with a tiny published model.
 
-32 concurrent keep-alive clients send 10,000 requests (set RELIABILITY_LOAD_REQUESTS to change it); one in 25 is
+Once with one server process, once with two worker processes (`--workers 2`: POST /reload must reach both; half
+the requests). 32 concurrent keep-alive clients send 10,000 requests (set RELIABILITY_LOAD_REQUESTS to change it); one in 25 is
 malformed (wrong shape, strings, booleans, NaN, non-JSON, a missing field, a body over deploy.max_body_bytes) and must
 get its 4xx while the good ones keep succeeding. Halfway through, v2 is published and POST /reload swaps it in:
 no request fails, and every request sent after the reload answered is served by v2. p50/p99 latency of the good
@@ -56,9 +57,9 @@ def _plan(total: int) -> list[tuple[str, bytes, int]]:
             for i in range(total)]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, template):
-    """nanio + v1 published + `python -m pipeline.cli serve --source s3` on a free port."""
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def server(request, tmp_path_factory, template):
+    """nanio + v1 published + `python -m pipeline.cli serve --source s3 --workers N` on a free port."""
     from pipeline.delivery import releases as deploy
     from pipeline.core.config import DeployConfig
 
@@ -82,7 +83,8 @@ def server(tmp_path_factory, template):
             port = free_port()
             log = root / "serve.log"
             proc = start([sys.executable, "-m", "pipeline.cli", "serve", "--params", str(params), "--source", "s3",
-                          "--host", "127.0.0.1", "--port", str(port)], ROOT, subprocess_env(aws), log)
+                          "--host", "127.0.0.1", "--port", str(port), "--workers", str(request.param)],
+                         ROOT, subprocess_env(aws), log)
             url = f"http://127.0.0.1:{port}"
 
             def healthy():
@@ -94,7 +96,7 @@ def server(tmp_path_factory, template):
                     return False
 
             wait_for(healthy, 90, "the model server", interval=0.2, proc=proc, log=log)
-            yield {"url": url, "cfg": cfg, "log": log, "secret": secret,
+            yield {"url": url, "cfg": cfg, "log": log, "secret": secret, "workers": request.param,
                    "publish_v2": lambda: deploy.publish(cfg, NAME, "2", template / "v2.tflite", CLASSES, {}, {})}
         finally:
             if proc is not None:
@@ -137,7 +139,7 @@ async def _drive(url: str, plan: list, change_champion) -> tuple[list, dict]:
 def test_load_with_malformed_requests_and_a_champion_change(server, tally, record_property):
     import httpx
 
-    plan = _plan(TOTAL)
+    plan = _plan(TOTAL if server["workers"] == 1 else TOTAL // 2)
     started = time.perf_counter()
     results, reload = asyncio.run(_drive(server["url"], plan, server["publish_v2"]))
     wall = time.perf_counter() - started
@@ -155,13 +157,18 @@ def test_load_with_malformed_requests_and_a_champion_change(server, tally, recor
                "versions_seen": ",".join(versions)}
     for key, value in figures.items():
         record_property(key, value)
-        tally[key] = value
+        if server["workers"] == 1:  # the summary's figures are the single-process run's
+            tally[key] = value
     print(json.dumps(figures))
 
     assert not errors, f"{len(errors)} requests failed, first: {errors[:5]}"
-    assert len(malformed) == TOTAL // MALFORMED_EVERY
-    assert reload.get("status") == 200 and reload["body"] == {"reloaded": True, "version": "2",
-                                                                "previous_version": "1"}, reload
+    assert len(malformed) == len(plan) // MALFORMED_EVERY
+    assert reload.get("status") == 200, reload
+    workers = reload["body"].pop("workers", {})  # several worker processes: POST /reload reloaded every one
+    assert reload["body"] == {"reloaded": True, "version": "2", "previous_version": "1"}, reload
+    if server["workers"] > 1:
+        assert len(workers) == server["workers"] and all(w == {"version": "2", "error": None}
+                                                         for w in workers.values()), workers
     # no request lost in the swap; everything sent after the reload answered is served by v2
     after = [r for r in good if r[1] > reload["done"]]
     before = [r for r in good if r[2] < reload["started"]]
