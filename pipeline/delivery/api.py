@@ -37,7 +37,7 @@ def _lifespan(holder: ModelHolder, batcher: MicroBatcher, peers: ReloadPeers | N
     @asynccontextmanager
     async def lifespan(app):
         """Run the reloader for as long as the app runs; stop the inference threads at the end."""
-        poller = Reloader(holder, every) if reloader else None
+        poller = Reloader(holder, every, peers.broadcast if peers else None) if reloader else None
         for thread in (poller, peers):
             if thread:
                 thread.start()

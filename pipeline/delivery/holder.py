@@ -131,12 +131,15 @@ class ModelHolder:
 class Reloader(threading.Thread):
     """Daemon thread calling `holder.check()` every `every` seconds until `stop` is set."""
 
-    def __init__(self, holder: ModelHolder, every: float):
+    def __init__(self, holder: ModelHolder, every: float, after_reload: Callable[[], object] | None = None):
+        """Poll `holder` every `every` seconds; `after_reload()` runs after each swap it made (e.g. tell peers)."""
         super().__init__(name="model-reloader", daemon=True)
         self.holder, self.every, self.stop = holder, every, threading.Event()
+        self.after_reload = after_reload
 
     def run(self) -> None:
         """Poll until stopped; a failed check is logged by check() and retried next period."""
         while not self.stop.wait(self.every):
             with contextlib.suppress(Exception):  # logged in check(); retry next period
-                self.holder.check()
+                if self.holder.check()["reloaded"] and self.after_reload:
+                    self.after_reload()

@@ -4,7 +4,8 @@ With `deploy.serve_workers` > 1 each worker holds its own model and polls the so
 one server share a directory (created by `serve`): POST /reload checks its own worker, then bumps a generation
 counter there and waits until every live worker has checked its source too (each worker's watcher thread polls
 the counter every `poll` seconds and acknowledges with its version in `ack-<pid>.json`). So once POST /reload
-has answered, every worker serves the new version, as a single process would.
+has answered, every worker serves the new version, as a single process would. A worker whose own poll finds a new
+version broadcasts the same way, so the others follow within one model load instead of one `reload_seconds`.
 """
 
 from __future__ import annotations
