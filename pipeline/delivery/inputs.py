@@ -25,6 +25,7 @@ import orjson
 
 from pipeline.data.image_folder import ImageDecodeError, ImageTooLargeError, decode_image
 from pipeline.data.images import convert_channels
+from pipeline.delivery.fastjson import numeric_instances
 from pipeline.delivery.multipart import MultipartError, split_multipart
 
 JSON, IMAGE, NPY, MULTIPART = "json", "image", "npy", "multipart"
@@ -40,7 +41,6 @@ KINDS = {
 ACCEPTED = "application/json, image/png, image/jpeg, multipart/form-data, application/x-npy"
 MAX_IMAGE_PIXELS = 4096 * 4096  # a decoded image larger than this is refused (413) before it is decoded
 NPY_MAGIC = b"\x93NUMPY"
-_NUMERIC_JSON = b"0123456789.eE+-,[]} \t\r\n"  # what a JSON body of numbers only holds after its first "["
 _NPY_HEADER = re.compile(rb"\{'descr': '([<|]u1|<f[248])', 'fortran_order': False, 'shape': \(([\d, ]*)\), \}\s*")
 
 
@@ -75,7 +75,10 @@ def check_pixels(x: np.ndarray, what: str) -> np.ndarray:
 
 
 def parse_json(body: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    """{"instances": [...]} → float32 (N, *shape), or RequestError."""
+    """{"instances": [...]} → float32 (N, *shape), or RequestError (`fastjson` first, the general parser else)."""
+    fast = numeric_instances(body, shape)
+    if fast is not None:
+        return check_pixels(fast, "instances")
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -83,17 +86,11 @@ def parse_json(body: bytes, shape: tuple[int, ...]) -> np.ndarray:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestError(400, f"the body is not valid JSON: {exc}") from None
-    start = body.find(b"[")
-    numbers_only = start > 0 and body.count(b"}") == 1 and not body[start:].translate(None, _NUMERIC_JSON)
-    return parse_instances(payload, shape, numbers_only)
+    return parse_instances(payload, shape)
 
 
-def parse_instances(payload, shape: tuple[int, ...], numbers_only: bool = False) -> np.ndarray:
-    """Validate a decoded JSON body into a float32 (N, *shape) batch of 0–255 pixels, or raise RequestError.
-
-    `numbers_only`: the caller saw nothing but numbers, brackets and commas after the first "[", so the instances
-    go straight to float32 (no type inference: the fast path).
-    """
+def parse_instances(payload, shape: tuple[int, ...]) -> np.ndarray:
+    """Validate a decoded JSON body into a float32 (N, *shape) batch of 0–255 pixels, or raise RequestError."""
     if not isinstance(payload, dict):
         raise RequestError(400, 'the body must be a JSON object like {"instances": [...]}')
     if "instances" not in payload:
@@ -103,7 +100,7 @@ def parse_instances(payload, shape: tuple[int, ...], numbers_only: bool = False)
         raise RequestError(400, '"instances" must be a non-empty list of images')
     expected = f"{list(shape)} (or a flat list of {math.prod(shape)} numbers)"
     try:
-        raw = np.array(instances, dtype=np.float32) if numbers_only else np.asarray(instances)
+        raw = np.asarray(instances)
     except ValueError:
         raise RequestError(400, f"instances have inconsistent shapes; each must be {expected}") from None
     if raw.dtype == object or raw.dtype.kind not in "iuf":

@@ -123,3 +123,30 @@ def test_every_body_kind_answers_with_the_models_probabilities(tmp_path, rgb_mod
         np.testing.assert_allclose(resp.json()["probabilities"], expected, atol=2e-6)
         resp = client.post("/predict", json={"instances": x.tolist()})
         np.testing.assert_allclose(resp.json()["probabilities"], expected, atol=2e-6)
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NHW", "flat", "compact", "pretty", "floats"])
+def test_the_json_fast_path_reads_what_the_general_parser_reads(layout):
+    import json
+
+    from pipeline.delivery.fastjson import numeric_instances
+    from pipeline.delivery.inputs import parse_instances
+
+    x = np.random.default_rng(2).integers(0, 256, (3, 8, 8, 1))
+    value = {"NHW": x[..., 0], "flat": x.reshape(3, -1), "floats": x / 2}.get(layout, x).tolist()
+    body = json.dumps({"instances": value}, indent=2 if layout == "pretty" else None,
+                      separators=(",", ":") if layout == "compact" else None).encode()
+    fast = numeric_instances(body, (8, 8, 1))
+    assert fast is not None
+    np.testing.assert_array_equal(fast, parse_instances(json.loads(body), (8, 8, 1)))
+
+
+@pytest.mark.parametrize("body", [
+    b'{"instances": [[1, 2], [3]]}', b'{"instances": [[1 2]]}', b'{"instances": [true]}', b'{"instances": [NaN]}',
+    b'{"instances": [1], "x": 2}', b'{"instances": []}', b'{"instances": [' + b"1," * 63 + b"1,]}",
+    b'["instances", ' + b"1," * 63 + b"1]",
+])
+def test_the_json_fast_path_leaves_anything_else_to_the_general_parser(body):
+    from pipeline.delivery.fastjson import numeric_instances
+
+    assert numeric_instances(body, (8, 8, 1)) is None
