@@ -163,7 +163,7 @@ class DeployConfig(Section):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     reload_seconds: float = Field(5.0, gt=0)
     serve_workers: int = Field(1, ge=1, le=64)  # uvicorn worker processes (each loads + hot-reloads on its own)
-    serve_threads: int = Field(1, ge=1, le=64)  # inference threads per worker, one TFLite interpreter each
+    serve_threads: int = Field(2, ge=1, le=64)  # inference threads per worker, one TFLite interpreter each
     batch_max_images: int = Field(64, ge=1, le=4096)  # micro-batch: at most this many images per interpreter call
     batch_max_wait_ms: float = Field(1.0, ge=0, le=1000)  # ... gathered for at most this long after the first
     serve_access_log: bool = False  # uvicorn's per-request access log (costs throughput)

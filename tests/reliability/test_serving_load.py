@@ -177,4 +177,10 @@ def test_load_with_malformed_requests_and_a_champion_change(server, tally, recor
     assert versions == ["1", "2"]
     health = httpx.get(server["url"] + "/health", timeout=10).json()
     assert health["version"] == "2" and health["last_reload_error"] is None
+    # /metrics counts every answered request, whichever worker process answered it
+    metrics = httpx.get(server["url"] + "/metrics", timeout=10).text
+    counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                  if line.startswith("mlops_serve_requests_total{") and 'route="/predict"' in line)
+    assert counted == len(plan), (counted, len(plan))
+    assert 'mlops_serve_model_version{model_name="load-model",version="2"} 1.0' in metrics
     assert server["secret"] not in server["log"].read_text(errors="replace")
