@@ -9,6 +9,7 @@ FastAPI router (inside Starlette's ServerErrorMiddleware, which still turns a cr
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import numpy as np
@@ -19,6 +20,8 @@ from pipeline.delivery.batcher import BatchFailed, MicroBatcher
 from pipeline.delivery.holder import ModelHolder, Served
 from pipeline.delivery.inputs import RequestError, input_kind, parse_body
 from pipeline.delivery.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
 
 ROUTE = "/predict"
 INLINE_BODY_BYTES = 64 * 1024  # larger bodies are parsed/decoded off the event loop
@@ -117,6 +120,12 @@ class PredictEndpoint:
         except BatchFailed as exc:
             self.metrics.observe(ROUTE, 500, "unknown", started)
             return 500, json_bytes({"error": str(exc)})
+        except ClientGone:
+            raise
+        except Exception as exc:
+            log.exception("/predict failed")
+            self.metrics.observe(ROUTE, 500, "unknown", started)
+            return 500, json_bytes({"error": f"internal error: {type(exc).__name__}: {exc}"})
         self.metrics.observe(ROUTE, 200, kind, started, images=len(answer["predictions"]))
         return 200, json_bytes(answer)
 
