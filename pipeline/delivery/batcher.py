@@ -2,12 +2,12 @@
 
 `MicroBatcher.submit(served, x)` queues a request's validated (n, H, W, C) batch and returns a
 `concurrent.futures.Future` of its (n, K) probabilities (an async handler awaits it with `asyncio.wrap_future`, so
-the batcher works under any event loop). `threads` inference threads each loop: wait for a first request, wait up
-to `max_wait_ms` after its arrival for more — only while other requests are on their way (announced with
-`arriving()`, not yet submitted or abandoned), so a lone client never waits — or until `max_images` images are
-queued, take queued requests in arrival
-order while they fit in `max_images` images and are pinned to the same `Served` model as the first, run them as
-one call on one of that model's interpreters, and hand each request its slice. A request larger than
+the batcher works under any event loop). `threads` inference threads each loop: wait for a first request; wait up
+to `max_wait_ms` after its arrival for more, but only while other requests are on their way (announced with
+`arriving()`, not yet submitted or abandoned: a lone client never waits) and fewer than `max_images` images are
+queued; take queued requests in arrival order while they fit in `max_images` images and are pinned to the same
+`Served` model as the first; run them as one call on one of that model's interpreters (`invoke` releases the GIL,
+so the threads' calls run in parallel); hand each request its slice. A request larger than
 `max_images` runs alone, in interpreter calls of at most `max_images`. A failing call fails only the requests in
 that batch, with `BatchFailed`; requests are validated before they are queued, so one request's bad input never
 reaches a batch.
