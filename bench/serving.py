@@ -116,7 +116,7 @@ def _plan() -> list[tuple[str, int, int]]:
 
 
 def _serve_cmd(port: int, args: argparse.Namespace) -> list[str]:
-    cmd = ["mlops", "serve", "--source", "registry", "--port", str(port)]
+    cmd = ["mlops", "serve", "--source", "registry", "--alias", args.alias, "--port", str(port)]
     for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
         if value is not None:
             cmd += [flag, str(value)]
@@ -193,8 +193,11 @@ def _before() -> dict | None:
 def main() -> None:
     """Measure, print and save the serving section."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workspace", type=Path, required=True, help="project root whose registry has a champion")
+    parser.add_argument("--workspace", type=Path, required=True, help="project root after `make run`")
     parser.add_argument("--seconds", type=int, default=10, help="duration of each load level")
+    parser.add_argument(
+        "--alias", default="champion", help="registry alias to serve (challenger: a fresh `make run` has no champion)"
+    )
     parser.add_argument("--workers", type=int, default=None, help="mlops serve --workers (default: params.yaml)")
     parser.add_argument("--threads", type=int, default=None, help="mlops serve --threads (default: params.yaml)")
     args = parser.parse_args()
@@ -218,10 +221,13 @@ def main() -> None:
     }
     before = _before()
     rows = _measure(workspace, _write_bodies(x, Path(tempfile.mkdtemp(prefix="bench-serving-"))), args)
-    options = "".join(f" --{k} {v}" for k, v in (("workers", args.workers), ("threads", args.threads)) if v)
+    options = "".join(
+        f" --{k} {v}" for k, v in (("alias", args.alias), ("workers", args.workers), ("threads", args.threads)) if v
+    )
     figures = {
         "command": f"python bench/serving.py --workspace <project> --seconds {args.seconds}{options}",
         "variant": variant,
+        "alias": args.alias,
         "body": "JSON, npy, PNG",
         "server": server,
         "raw_interpreter_images_per_second": {k: round(v, 1) for k, v in raw.items()},

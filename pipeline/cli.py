@@ -115,6 +115,9 @@ def serve(
     ] = "s3",
     host: Annotated[str | None, typer.Option(help="Bind host (default: deploy.serve_host).")] = None,
     port: Annotated[int | None, typer.Option(help="Bind port (default: deploy.serve_port).")] = None,
+    alias: Annotated[
+        str, typer.Option(help="With --source registry: the alias to serve (e.g. challenger, for a staging server).")
+    ] = "champion",
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: deploy.serve_workers).")] = None,
     threads: Annotated[
         int | None, typer.Option(help="Inference threads per worker (default: deploy.serve_threads).")
@@ -138,7 +141,7 @@ def serve(
         "batch_max_images": batch_max_images,
         "batch_max_wait_ms": batch_max_wait_ms,
     }
-    call(server.serve, cfg, source, host, port, **overrides)
+    call(server.serve, cfg, source, host, port, alias, **overrides)
 
 
 def _champion_branch(cfg: Params, remote: str | None) -> None:

@@ -104,11 +104,11 @@ def make_source(params: Params, source_kind: str) -> ModelSource:
     return _source(params.deploy, params.register_.model_name, source_kind)
 
 
-def _source(cfg: DeployConfig, model_name: str, source_kind: str) -> ModelSource:
+def _source(cfg: DeployConfig, model_name: str, source_kind: str, alias: str = CHAMPION) -> ModelSource:
     if source_kind == "s3":
         return S3Source(cfg, model_name)
     if source_kind == "registry":
-        return RegistrySource(model_name, CHAMPION)
+        return RegistrySource(model_name, alias)
     raise StageError(f"unknown model source {source_kind!r}; choose 's3' or 'registry'")
 
 
@@ -116,7 +116,8 @@ def app_from_env():
     """The app of one uvicorn worker process (`factory=True`), configured by `serve` through SERVE_ENV."""
     spec = json.loads(os.environ[SERVE_ENV])
     cfg = DeployConfig.model_validate(spec["deploy"])
-    return create_app(_source(cfg, spec["model_name"], spec["source"]), cfg, peers_dir=Path(spec["peers_dir"]))
+    source = _source(cfg, spec["model_name"], spec["source"], spec["alias"])
+    return create_app(source, cfg, peers_dir=Path(spec["peers_dir"]))
 
 
 def serve_config(params: Params, **overrides) -> DeployConfig:
@@ -133,10 +134,16 @@ def serve_config(params: Params, **overrides) -> DeployConfig:
 
 
 def serve(
-    params: Params, source_kind: str = "s3", host: str | None = None, port: int | None = None, **overrides
+    params: Params,
+    source_kind: str = "s3",
+    host: str | None = None,
+    port: int | None = None,
+    alias: str = CHAMPION,
+    **overrides,
 ) -> None:
     """Run the API with uvicorn until interrupted: one process, or `serve_workers` worker processes.
 
+    `alias` is the registry alias served with `source_kind` registry (e.g. challenger, for a staging server).
     `overrides` are DeployConfig fields (serve_workers, serve_threads, batch_max_images, batch_max_wait_ms).
     Several workers each load the model (sha256 checked), micro-batch and hot-reload on their own; POST /reload
     reaches all of them (`pipeline.delivery.peers`) and /metrics aggregates them, through a temp dir created here
@@ -146,7 +153,7 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = serve_config(params, **overrides)
-    source = _source(cfg, params.register_.model_name, source_kind)
+    source = _source(cfg, params.register_.model_name, source_kind, alias)
     run: dict[str, Any] = {
         "host": host or cfg.serve_host,
         "port": port or cfg.serve_port,
@@ -167,6 +174,7 @@ def serve(
             "deploy": cfg.model_dump(mode="json"),
             "model_name": params.register_.model_name,
             "source": source_kind,
+            "alias": alias,
             "peers_dir": str(Path(shared, "peers")),
         }
         os.environ[SERVE_ENV] = json.dumps(spec)

@@ -22,3 +22,10 @@ def test_unknown_or_invalid_serving_keys_in_params_are_refused():
         DeployConfig.model_validate({"batch_max_image": 8})  # extra="forbid": a typo is an error
     with pytest.raises(ValueError, match="serve_workers"):
         DeployConfig.model_validate({"serve_workers": 65})
+
+
+def test_registry_source_serves_the_alias_asked_for():
+    from pipeline.delivery.server import _source
+
+    assert _source(DeployConfig(), "clf", "registry").description == "models:/clf@champion"
+    assert _source(DeployConfig(), "clf", "registry", "challenger").description == "models:/clf@challenger"
