@@ -116,30 +116,13 @@ def check_devices(chosen: Plan, usable_gpus: int) -> str:
     return "gpu" if usable_gpus > 0 and chosen.device != "cpu" else "cpu"
 
 
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """True when the CPU computes bfloat16 natively (x86 `avx512_bf16` or `amx_bf16` in /proc/cpuinfo's flags)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as fh:
-                cpuinfo = fh.read()
-        except OSError:
-            return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def precision_policy(precision: str, backend: str, device: str) -> str:
+    """The Keras dtype policy: `auto` is mixed precision on a GPU (float16 under TF, bfloat16 under JAX), else float32.
 
-
-def precision_policy(precision: str, backend: str, device: str, cpu_bf16: bool = False) -> str:
-    """The Keras dtype policy that `train.precision` names; `auto` is the fastest that keeps accuracy here.
-
-    `auto`: mixed precision on a GPU (float16 under TF, bfloat16 under JAX); on a CPU with native bfloat16
-    (`cpu_bf16`, see cpu_has_bf16) mixed_bfloat16 under TensorFlow, whose oneDNN kernels use it (about twice the
-    float32 step rate of the default model in bench/frontier.py); float32 otherwise (JAX's CPU bfloat16 is slower).
     float16 mixed precision on the CPU is refused (it is emulated there: slower, not faster).
     """
     if precision == "auto":
-        if device == "gpu":
-            return MIXED_DEFAULT[backend]
-        return "mixed_bfloat16" if backend == "tensorflow" and cpu_bf16 else "float32"
+        return MIXED_DEFAULT[backend] if device == "gpu" else "float32"
     if precision == "mixed_float16" and device != "gpu":
         raise StageError(
             "train.precision is mixed_float16 but training runs on the CPU, where float16 is emulated and slow; "

@@ -230,9 +230,7 @@ def run(
     from pipeline.ml import multiworker, runtime
 
     device = accelerator.check_devices(chosen, runtime.gpu_count())
-    policy = runtime.configure_precision(
-        accelerator.precision_policy(cfg.precision, chosen.backend, device, accelerator.cpu_has_bf16())
-    )
+    policy = runtime.configure_precision(accelerator.precision_policy(cfg.precision, chosen.backend, device))
     stats, x_train, y_train, x_val, y_val = _load_splits(cfg, data_dir)
     num_classes = len(stats["class_names"])
     out, resuming = _outputs(backup_dir, model_path, metrics_path, plots_dir)

@@ -108,19 +108,6 @@ def test_precision_policy(precision, backend, device, policy):
     assert accelerator.precision_policy(precision, backend, device) == policy
 
 
-@pytest.mark.parametrize(("backend", "cpu_bf16", "policy"), [("tensorflow", True, "mixed_bfloat16"),
-                                                           ("tensorflow", False, "float32"), ("jax", True, "float32")])
-def test_auto_precision_on_the_cpu_is_bfloat16_only_where_it_is_native_and_fast(backend, cpu_bf16, policy):
-    assert accelerator.precision_policy("auto", backend, "cpu", cpu_bf16=cpu_bf16) == policy
-
-
-def test_cpu_bf16_is_read_from_the_cpu_flags():
-    assert accelerator.cpu_has_bf16("processor: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
-    assert accelerator.cpu_has_bf16("flags : fpu amx_bf16 amx_tile\n")
-    assert not accelerator.cpu_has_bf16("flags : fpu avx2 avx512f avx512_vnni\n")
-    assert not accelerator.cpu_has_bf16("")
-
-
 def test_float16_on_the_cpu_is_refused():
     with pytest.raises(StageError, match="mixed_float16 but training runs on the CPU"):
         accelerator.precision_policy("mixed_float16", "tensorflow", "cpu")
