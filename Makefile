@@ -103,8 +103,9 @@ bench: setup dataset bench-tools  ## benchmark suite (after `make run`): bench/r
 	step report.py; \
 	echo "make bench: $$((SECONDS - start)) s in all ($$(((SECONDS - start) / 60)) min)"
 
-bench-frontier: setup dataset  ## the accuracy / wall-time frontier (bench/frontier.py; ~65 min on 2 cores, points
-	## cached by code + config + data), the float32 vs bfloat16 lever (bench/precision.py, ~4 min), then the reports
+# bench-frontier: ~65 min on 2 cores for the frontier (points cached in .cache/frontier by code + config + data),
+# ~4 min for bench/precision.py
+bench-frontier: setup dataset  ## the accuracy / wall-time frontier, the float32 vs bfloat16 lever, then the reports
 	cd bench && $(BIN)/python frontier.py && $(BIN)/python precision.py && $(BIN)/python report.py
 
 bench-tools:  ## hey (the serving benchmark's load generator) from apt when missing
