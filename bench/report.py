@@ -26,6 +26,7 @@ from report_details import (  # noqa: E402
     serving_details,
 )
 from report_format import table  # noqa: E402
+from report_headline import precision_details  # noqa: E402
 from report_rows import rows  # noqa: E402
 
 RESULTS, RESULTS_MD, README = HERE / "results.json", HERE / "RESULTS.md", HERE.parent / "README.md"
@@ -128,6 +129,7 @@ def results_md(results: dict) -> str:
         *default_run_details(results.get("default_run")),
         *serving_details(results.get("serving")),
         *frontier_details(results.get("frontier")),
+        *precision_details(results.get("precision")),
         "",
         "## Missed targets: why",
         "",

@@ -5,6 +5,7 @@ frontier) and the README's results table, from results.json only.
 from __future__ import annotations
 
 from report_format import dig, met, minutes, num, passes, table, target
+from report_headline import headline_rows
 
 SIZE_TARGETS = {"int8": 3.9, "fp16": 1.95}  # fp32 ÷ variant size (issue 12)
 RUN_KEYS = {
@@ -89,11 +90,16 @@ def make_run_text(d: dict) -> str:
 
 
 def levels(s: dict) -> list[str]:
-    """Serving load levels, one table per request body kind (images per request)."""
+    """Serving load levels, one table per (request body kind, images per request)."""
     out = []
-    kinds = sorted({lv.get("images_per_request", 1) for lv in s.get("levels", [])})
-    for kind in kinds:
-        rows = [lv for lv in s["levels"] if lv.get("images_per_request", 1) == kind]
+    default_body = s.get("body", "JSON")
+    groups = dict.fromkeys(
+        (lv.get("body", default_body), lv.get("images_per_request", 1)) for lv in s.get("levels", [])
+    )
+    for body, n in groups:
+        rows = [
+            lv for lv in s["levels"] if (lv.get("body", default_body), lv.get("images_per_request", 1)) == (body, n)
+        ]
         cells = (
             [
                 lv.get("clients"),
@@ -106,24 +112,43 @@ def levels(s: dict) -> list[str]:
             ]
             for lv in rows
         )
-        out += ["", f"{kind} image(s) per {s.get('body', 'JSON')} request:", ""]
+        out += ["", f"{n} image(s) per {body} request:", ""]
         out += table(["clients", "req/s", "images/s", "p50 ms", "p99 ms", "ok", "errors"], cells)
     return out
+
+
+def _single_target(one: dict) -> str:
+    """Target (a) per body kind, and the body the verdict uses."""
+    by_body = one.get("by_body") or {}
+    each = "; ".join(
+        f"{body} {num(t.get('requests_per_second'), 1)} req/s, p99 {num(t.get('p99_ms'), 1)} ms ({met(t.get('met'))})"
+        for body, t in by_body.items()
+    )
+    verdict = f"{met(one.get('met'))}" + (f" (judged on {one['body']})" if one.get("body") else "")
+    return verdict + (f" — {each}" if each else "")
 
 
 def serving_block(s: dict, title: str) -> list[str]:
     """One serving measurement: raw interpreter rates, both targets, the levels."""
     raw = s.get("raw_interpreter_images_per_second", {})
     one, share = s.get("target_single_32_clients", {}), s.get("target_batch32_share_of_raw", {})
+    server = s.get("server")
     lines = [
         "",
         f"#### {title}",
         "",
-        f"Variant {s.get('variant')}; raw interpreter images/s: "
+        f"Variant {s.get('variant')}"
+        + (f", alias {s['alias']}" if s.get("alias") else "")
+        + (", server " + ", ".join(f"{k} {v}" for k, v in server.items()) if isinstance(server, dict) else "")
+        + "; raw interpreter images/s: "
         + ", ".join(f"{k} {num(x, 1)}" for k, x in raw.items())
-        + f". Target 32 clients single-image ≥ 2,000 req/s and p99 ≤ 50 ms: {met(one.get('met'))}; "
-        f"32-image requests ≥ 0.5 of the raw batch-32 rate ({num(share.get('share'), 3, ('>=', 0.5))}): "
-        f"{met(share.get('met'))}.",
+        + ".",
+        "",
+        f"- 32 clients, single-image requests ≥ 2,000 req/s with p99 ≤ 50 ms: {_single_target(one)}.",
+        f"- 32-image {share.get('body', 'JSON')} requests ≥ 0.5 of the raw batch-32 rate "
+        f"({num(share.get('share'), 3, ('>=', 0.5))}): {met(share.get('met'))}"
+        + (f"; JSON bodies {num(share['json_share'], 3)}" if share.get("json_share") is not None else "")
+        + ".",
     ]
     return lines + levels(s)
 
@@ -146,8 +171,10 @@ def _frontier_row(p: dict) -> list[object]:
         p.get("label", ""),
         p.get("model", ""),
         num(p.get("budget_minutes"), 1) if p.get("budget_minutes") is not None else "– (params.yaml epochs)",
+        p.get("epochs", "–"),
         num(wall / 60 if wall is not None else None, 1),
         num(p.get("test_accuracy"), 4),
+        num(p.get("test_accuracy_flip_tta"), 4),
         "–" if on is None else ("yes" if on else "no"),
     ]
 
@@ -164,7 +191,8 @@ def frontier_details(f: object) -> list[str]:
     if isinstance(f, dict) and f.get("command"):
         out += [f"`{f['command']}`; test accuracy vs the train stage's wall time.", ""]
     out += table(
-        ["config", "model", "budget min", "wall min", "test accuracy", "on frontier"], map(_frontier_row, points)
+        ["config", "model", "budget min", "epochs", "wall min", "test accuracy", "with flip TTA", "on frontier"],
+        map(_frontier_row, points),
     )
     if isinstance(default, dict):
         on = default.get("on_frontier")
@@ -208,6 +236,7 @@ def readme_block(results: dict) -> list[str]:
             ),
         ],
     ]
+    rows += headline_rows(results)
     cpus = t.get("cpus", d.get("cpus"))
     when = f"evaluated {d.get('evaluated_at', d.get('measured_at'))}, trained on {cpus} CPU cores"
     return [f"Default params, {when} (`bench/default_run.py`):", "", *table(["figure", "value"], rows)]

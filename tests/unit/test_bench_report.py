@@ -120,11 +120,27 @@ def test_old_schema_sections_are_labelled_and_not_judged():
 def test_frontier_and_readme_block_render():
     results = _synthetic()
     md = report.results_md(results)
-    assert "| seed 2 min | seed_cnn | 2.0 | 2.0 | 0.9100 | yes |" in md
-    assert "| default (default) | fast_net | – (params.yaml epochs) | 15.6 | 0.9264 | – |" in md
+    assert "| seed 2 min | seed_cnn | 2.0 | – | 2.0 | 0.9100 | n/a | yes |" in md
+    assert "| default (default) | fast_net | – (params.yaml epochs) | – | 15.6 | 0.9264 | n/a | – |" in md
     readme = report.readme_text(results, f"# x\n\n## Results\n\n{report.BEGIN}\nold\n{report.END}\n\n## Next\n")
     assert "old" not in readme.split(report.BEGIN)[1] and "3.896 (target ≥ 3.9: missed)" in readme
     assert readme.endswith(f"{report.END}\n\n## Next\n")
+
+
+def test_serving_renders_each_body_and_both_verdicts():
+    level = {"clients": 32, "images_per_request": 1, "requests_per_second": 2500.0, "p50_ms": 9.0, "p99_ms": 30.0}
+    serving = {
+        "variant": "int8",
+        "levels": [{**level, "body": "JSON"}, {**level, "body": "npy", "requests_per_second": 1500.0}],
+        "target_single_32_clients": {"met": True, "body": "JSON", "requests_per_second": 2500.0, "p99_ms": 30.0,
+                                     "by_body": {"JSON": {"met": True}, "npy": {"met": False}}},
+        "target_batch32_share_of_raw": {"body": "npy", "share": 0.4999, "met": False, "images_per_second": 4000.0},
+    }
+    md = "\n".join(report.serving_details(serving))
+    assert "1 image(s) per JSON request:" in md and "1 image(s) per npy request:" in md
+    assert "(0.4999): **no**" in md and "yes (judged on JSON)" in md
+    rows = report.readme_block({**_synthetic(), "serving": serving})
+    assert any("0.4999 of the raw batch-32 rate (target ≥ 0.5: missed)" in r for r in rows)
 
 
 def test_readme_without_markers_is_an_error():
