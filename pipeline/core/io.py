@@ -67,11 +67,12 @@ def _recover(target: Path) -> None:
         old.rename(target)  # killed mid-swap: the previous complete output is still whole
     for stale in target.parent.glob(f".{target.name}.tmp-*@{_HOST}.*"):
         pid = stale.name[len(f".{target.name}.tmp-") :].split("@", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process `pid` exists on this machine (also when it belongs to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

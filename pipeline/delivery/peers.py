@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from pipeline.core.io import pid_alive
 from pipeline.delivery.holder import ModelHolder
 
 GENERATION = "generation"
@@ -28,16 +29,6 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ReloadPeers:
@@ -88,7 +79,7 @@ class ReloadPeers:
         for path in self.root.glob("ack-*.json"):
             with contextlib.suppress(OSError, ValueError):
                 pid = int(path.stem.removeprefix("ack-"))
-                if _alive(pid):
+                if pid_alive(pid):
                     acks[pid] = json.loads(path.read_text())
         return acks
 
