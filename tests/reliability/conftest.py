@@ -12,6 +12,7 @@ import pytest
 from tests.reliability.common import build_template
 
 _TALLY = pytest.StashKey[dict]()
+_FAULTS = pytest.StashKey[list]()
 
 _LABELS = [
     ("bad_inputs_tried", "bad inputs tried"),
@@ -32,6 +33,7 @@ _LABELS = [
 
 def pytest_configure(config):
     config.stash[_TALLY] = {}
+    config.stash[_FAULTS] = []
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +42,20 @@ def tally(pytestconfig) -> dict:
     return pytestconfig.stash[_TALLY]
 
 
+@pytest.fixture(scope="session")
+def fault_table(pytestconfig) -> list:
+    """The seeded fault trials of this session (tests.reliability.trials.Trial), printed as a table at the end."""
+    return pytestconfig.stash[_FAULTS]
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    from tests.reliability.trials import format_table
+
+    trials = config.stash.get(_FAULTS, [])
+    if trials:
+        terminalreporter.write_sep("-", "fault trials (kill -9 at a seeded random moment)")
+        for line in format_table(trials):
+            terminalreporter.write_line(line)
     figures = config.stash.get(_TALLY, {})
     if not figures:
         return
