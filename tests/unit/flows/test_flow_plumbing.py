@@ -20,18 +20,23 @@ def test_second_flow_on_a_workspace_refuses_clearly_or_waits(tmp_path):
         with pytest.raises(WorkspaceBusy, match="workspace busy"):
             with workspace_lock(tmp_path):
                 pass
-    released = threading.Event()
+    acquired, released = threading.Event(), threading.Event()
 
     def holder():
         with workspace_lock(tmp_path):
-            released.wait(1.0)
+            acquired.set()
+            released.wait(10.0)
 
     t = threading.Thread(target=holder)
     t.start()
-    time.sleep(0.2)
-    released.set()
+    assert acquired.wait(10.0), "the holder never took the lock"
+    with pytest.raises(WorkspaceBusy):  # held: a caller that will not wait is refused
+        with workspace_lock(tmp_path):
+            pass
+    threading.Timer(0.3, released.set).start()
     started = time.monotonic()
     with workspace_lock(tmp_path, wait_seconds=10):  # waits for the holder, then proceeds
+        assert released.is_set(), "the lock was granted while the holder still held it"
         assert time.monotonic() - started < 8
     t.join()
 
