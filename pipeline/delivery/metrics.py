@@ -21,7 +21,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from pipeline.core.io import pid_alive
 
 disable_created_metrics()  # no *_created series: they double the exposition and say nothing here
 
@@ -88,8 +90,25 @@ class ServerMetrics:
 
     def exposition(self) -> bytes:
         """The text exposition: all worker processes in multiprocess mode, else this registry."""
-        if os.environ.get(MULTIPROC_ENV):
+        if directory := os.environ.get(MULTIPROC_ENV):
+            forget_dead_workers(directory)
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+def forget_dead_workers(directory: str) -> list[int]:
+    """Drop the live gauges of worker processes that are gone (a crashed worker's version gauge would linger).
+
+    Counters and histograms of dead workers stay: what they answered still counts. Returns the pids forgotten.
+    """
+    pids = set()
+    for name in os.listdir(directory):
+        stem, _, pid = name.removesuffix(".db").rpartition("_")
+        if stem.startswith("gauge_live") and pid.isdigit():
+            pids.add(int(pid))
+    dead = sorted(pid for pid in pids if not pid_alive(pid))
+    for pid in dead:
+        mark_process_dead(pid, directory)
+    return dead
