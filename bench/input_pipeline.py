@@ -1,7 +1,7 @@
 """Input pipeline headroom: images/s the data path of default training delivers ÷ images/s the default model
 consumes in training steps. Target ≥ 2× on CPU.
 
-The data path is the one the train stage takes by default: `_fit_inputs` (pipeline/stages/train.py) turns the
+The data path is the one the train stage takes by default: `fit_inputs` (pipeline/stages/train.py) turns the
 uint8 arrays into float32 images + one-hot labels in memory, and `fit` iterates them through Keras' array adapter
 (shuffled batches; on TensorFlow its tf.data dataset). Measured: that conversion (once per fit) and full epochs
 of the adapter's batches. The model side: the default model compiled as the stage compiles it (AdamW +
@@ -34,7 +34,7 @@ def _batches(keras, adapter):
 
 
 def data_rate(keras, inputs: dict, epochs: int) -> list[float]:
-    """Seconds of each full epoch through Keras' adapter for the arrays `_fit_inputs` returned."""
+    """Seconds of each full epoch through Keras' adapter for the arrays `fit_inputs` returned."""
     from keras.src.trainers.data_adapters import get_data_adapter
 
     adapter = get_data_adapter(inputs["x"], inputs["y"], batch_size=inputs["batch_size"], shuffle=inputs["shuffle"])
@@ -49,9 +49,9 @@ def data_rate(keras, inputs: dict, epochs: int) -> list[float]:
 
 def model_rate(keras, cfg, stats: dict, inputs: dict, steps: int) -> float:
     """Images/s of training steps of the stage's compiled model on one in-memory batch."""
-    from pipeline.stages.train import _compiled_model
+    from pipeline.stages.train import compiled_model
 
-    model = _compiled_model(keras, cfg, stats, len(stats["class_names"]), steps)
+    model = compiled_model(keras, cfg, stats, len(stats["class_names"]), steps)
     bx, by = inputs["x"][: cfg.batch_size], inputs["y"][: cfg.batch_size]
     model.train_on_batch(bx, by)  # build + compile the step
     started = time.perf_counter()
@@ -71,7 +71,7 @@ def main() -> None:
 
     from pipeline.core import io
     from pipeline.core.config import load_params
-    from pipeline.stages.train import _fit_inputs
+    from pipeline.stages.train import fit_inputs
 
     params = load_params(ROOT / "params.yaml")
     cfg = params.train
@@ -81,18 +81,18 @@ def main() -> None:
         x, y = io.read_split(prepared, "train")
         xv, yv = io.read_split(prepared, "val")
     started = time.perf_counter()
-    inputs = _fit_inputs(keras, x, y, xv, yv, len(stats["class_names"]), cfg.batch_size, params.seed, False)
+    inputs = fit_inputs(keras, x, y, xv, yv, len(stats["class_names"]), cfg.batch_size, params.seed, False)
     prep = time.perf_counter() - started
     if "batch_size" not in inputs:
-        raise SystemExit("_fit_inputs chose the streaming PyDataset for this data: not the default path measured here")
+        raise SystemExit("fit_inputs chose the streaming PyDataset for this data: not the default path measured here")
     epochs = data_rate(keras, inputs, args.epochs)
     data_ips = len(x) / statistics.median(epochs)
     model_ips = model_rate(keras, cfg, stats, inputs, args.steps)
     save(
         "input_pipeline",
         {
-            "method": "in-memory arrays, as _fit_inputs picks by default (Keras array adapter)",
-            "data_path": f"_fit_inputs float32 arrays → Keras array adapter ({keras.backend.backend()})",
+            "method": "in-memory arrays, as fit_inputs picks by default (Keras array adapter)",
+            "data_path": f"fit_inputs float32 arrays → Keras array adapter ({keras.backend.backend()})",
             "model": cfg.model,
             "train_images": len(x),
             "conversion_seconds_once_per_fit": round(prep, 3),

@@ -3,7 +3,7 @@
     python bench/precision.py [--runs 3] [--steps 40] [--models fast_net seed_cnn]
 
 Each run is a fresh process that builds and compiles the model exactly as the train stage does (same builder,
-AdamW + warmup/cosine, one-hot loss; `pipeline.stages.train._compiled_model`) under the given Keras dtype policy,
+AdamW + warmup/cosine, one-hot loss; `pipeline.stages.train.compiled_model`) under the given Keras dtype policy,
 fits one warm-up pass, then times `--steps` training steps of batch 128 on Fashion-MNIST-shaped data. Runs alternate
 float32 / bfloat16, `--runs` of each; min and median step time per side and the ratio of medians are reported.
 This is the evidence behind `train.precision: auto` choosing mixed_bfloat16 on CPUs with native bfloat16.
@@ -28,12 +28,12 @@ accelerator.activate(accelerator.plan("tensorflow", "cpu", ()))
 import keras
 from pipeline.core.config import TrainConfig
 from pipeline.ml import runtime
-from pipeline.stages.train import _compiled_model
+from pipeline.stages.train import compiled_model
 runtime.configure_precision(policy)
 keras.utils.set_random_seed(0)
 cfg = TrainConfig(model=model_name)
 stats = {"image_shape": [28, 28, 1], "mean": [72.9], "std": [90.0]}
-model = _compiled_model(keras, cfg, stats, 10, 10_000)
+model = compiled_model(keras, cfg, stats, 10, 10_000)
 rng = np.random.default_rng(0)
 x = rng.integers(0, 256, size=(128 * steps, 28, 28, 1)).astype("float32")
 y = np.eye(10, dtype="float32")[rng.integers(0, 10, size=len(x))]

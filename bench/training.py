@@ -4,7 +4,7 @@ fresh process.
 Same work on both sides: the same model (seed CNN by default, no augmentation), AdamW with the warmup + cosine
 schedule of pipeline/ml/schedule.py, one-hot cross-entropy, batch 128 and validation batch 512, the same epochs,
 seed, backend (TensorFlow, float32, CPU) and the same prepared arrays fed to `fit` in memory (the path the stage's
-`_fit_inputs` picks by default). The stage adds what makes it a stage: backend/device planning, CSV history,
+`fit_inputs` picks by default). The stage adds what makes it a stage: backend/device planning, CSV history,
 BackupAndRestore checkpoints every epoch, the saved model, curves and metrics. Images/s = train images ÷ median
 epoch after the first (both sides time epochs with the same callback).
 

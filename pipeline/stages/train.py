@@ -47,7 +47,7 @@ def _callbacks(keras, backup_dir: Path, history_csv: Path, epoch_times: list[flo
 IN_MEMORY_BYTES = 1_500_000_000  # float32 copy of train+val that may live in memory
 
 
-def _fit_inputs(keras, x, y, x_val, y_val, num_classes: int, batch_size: int, seed: int, multi_worker: bool) -> dict:
+def fit_inputs(keras, x, y, x_val, y_val, num_classes: int, batch_size: int, seed: int, multi_worker: bool) -> dict:
     """fit() inputs: float32 arrays when they fit in memory (Keras' own prefetching path; faster on CPU
     than a Python PyDataset for small models); otherwise the streaming PyDataset. Multi-worker keeps the
     PyDataset (its batches build the model, see build_for_multi_worker).
@@ -108,7 +108,7 @@ def _outputs(backup_dir: Path, model_path: Path, metrics_path: Path, plots_dir: 
     }, resuming
 
 
-def _compiled_model(keras, cfg: TrainConfig, stats: dict, num_classes: int, steps: int):
+def compiled_model(keras, cfg: TrainConfig, stats: dict, num_classes: int, steps: int):
     """The configured architecture with AdamW + warmup/cosine schedule and a one-hot cross-entropy loss."""
     from pipeline.ml.models import build_model
     from pipeline.ml.schedule import warmup_cosine
@@ -143,7 +143,7 @@ def _budget_plan(cfg: TrainConfig, stats, num_classes, fit_inputs, n_train, n_va
     from pipeline.ml.budget import plan_epochs
 
     def build(steps: int):
-        return _compiled_model(keras, cfg, stats, num_classes, steps)
+        return compiled_model(keras, cfg, stats, num_classes, steps)
 
     plan = plan_epochs(cfg.budget_minutes, started, build, fit_inputs, n_train, n_val, cfg.batch_size, backup)
     return {"minutes": cfg.budget_minutes, **asdict(plan)}
@@ -236,19 +236,19 @@ def run(
     out, resuming = _outputs(backup_dir, model_path, metrics_path, plots_dir)
     history_csv = out["backup"] / "history.csv"
     multi = runtime.worker_task() is not None
-    fit_inputs = _fit_inputs(keras, x_train, y_train, x_val, y_val, num_classes, cfg.batch_size, seed, multi)
-    budget = _budget_plan(cfg, stats, num_classes, fit_inputs, len(x_train), len(x_val), out["backup"], stage_started)
+    batches = fit_inputs(keras, x_train, y_train, x_val, y_val, num_classes, cfg.batch_size, seed, multi)
+    budget = _budget_plan(cfg, stats, num_classes, batches, len(x_train), len(x_val), out["backup"], stage_started)
     epochs = budget["epochs"] if budget else cfg.epochs
     keras.utils.set_random_seed(seed)  # after the budget probe: the same initial weights with or without one
     scope, strategy = runtime.distribution_scope()
     with scope:
-        model = _compiled_model(keras, cfg, stats, num_classes, epochs * -(-len(x_train) // cfg.batch_size))
+        model = compiled_model(keras, cfg, stats, num_classes, epochs * -(-len(x_train) // cfg.batch_size))
         if strategy.startswith("multi_worker"):
-            multiworker.build_for_multi_worker(model, fit_inputs["x"][0])
+            multiworker.build_for_multi_worker(model, batches["x"][0])
     epoch_times: list[float] = []
     started = time.perf_counter()
     model.fit(
-        **fit_inputs,
+        **batches,
         epochs=epochs,
         callbacks=_callbacks(keras, out["backup"], history_csv, epoch_times),
         verbose=1 if sys.stdout.isatty() else 2,
