@@ -52,6 +52,9 @@ class IngestConfig(Section):
     max_per_class: int | None = Field(None, ge=4)
     shard_size: int = Field(20000, ge=100)
     drop_cross_split_duplicates: bool = True
+    # image-folder only: a file that cannot be read as an image (corrupt, truncated, empty, unsupported type).
+    # fail: one error lists every bad file; skip: ingest without them (manifest.json lists each with its reason).
+    on_bad_file: Literal["fail", "skip"] = "fail"
 
     @field_validator("url")
     @classmethod

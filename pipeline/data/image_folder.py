@@ -1,9 +1,14 @@
-"""Image-folder reader: source/train/<class>/*.png|jpg|jpeg and optional source/test/<class>/*.
+"""Image-folder reader: source/train/<class>/*.png|jpg|jpeg|gif|bmp|webp and optional source/test/<class>/*.
 
 The layout keras.utils.image_dataset_from_directory reads. Class names are the sorted sub-directory names
-of train/. Every image is converted to L or RGB (alpha is dropped, palettes expanded, 16-bit scaled) and
-resized with bilinear filtering to `image_size` (H, W). Decoding runs in a process pool for large folders
-(small images are bound by PIL's per-file Python overhead) and in a thread pool otherwise.
+of train/. Every image is converted to L or RGB (alpha is dropped, palettes expanded, 16-bit scaled, the first
+frame of an animation) and resized with bilinear filtering to `image_size` (H, W). Decoding runs in a process pool
+for large folders (small images are bound by PIL's per-file Python overhead) and in a thread pool otherwise.
+
+The whole folder is always read: a file that cannot be used (pipeline/data/folder_scan.py says why) never stops
+the others. `on_bad_file="fail"` then raises one error naming every bad file; `"skip"` leaves them out and lists
+them in `ImageFolderDataset.skipped`. OS junk (dot-files, Thumbs.db, desktop.ini, __MACOSX/) is ignored silently.
+Source files are only ever read.
 """
 
 from __future__ import annotations
@@ -14,39 +19,37 @@ import os
 import re
 import sys
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
 from pipeline.core.errors import DatasetError
 from pipeline.data.dataset import RawDataset
+from pipeline.data.folder_scan import EXTENSIONS, BadFile, bad_files_error, decode_failure, list_split
 
-EXTENSIONS = (".png", ".jpg", ".jpeg")
+__all__ = [
+    "EXTENSIONS",
+    "ImageDecodeError",
+    "ImageFolderDataset",
+    "ImageTooLargeError",
+    "decode_image",
+    "load_image",
+    "read_image_folder",
+]
+
 _CHUNK = 512
 PROCESS_MIN_FILES = 4096  # below this, process start-up costs more than it saves
 
 
-def _list_split(root: Path) -> dict[str, list[Path]]:
-    """{class name: sorted image paths}; hidden entries and files directly under `root` are ignored."""
-    classes: dict[str, list[Path]] = {}
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        files = []
-        for f in sorted(os.scandir(entry.path), key=lambda e: e.name):
-            if f.name.startswith(".") or f.is_dir():
-                continue
-            if not f.name.lower().endswith(EXTENSIONS):
-                raise DatasetError(f"{f.path}: not an image file (expected {', '.join(EXTENSIONS)}); remove it")
-            files.append(Path(f.path))
-        if not files:
-            raise DatasetError(
-                f"{entry.path}: class folder has no images; add images ({', '.join(EXTENSIONS)}) or remove the folder"
-            )
-        classes[entry.name] = files
-    return classes
+@dataclass(frozen=True)
+class ImageFolderDataset(RawDataset):
+    """A RawDataset read from an image folder, with the bad files left out under `on_bad_file="skip"`."""
+
+    skipped: tuple[BadFile, ...] = ()
 
 
 class ImageDecodeError(ValueError):
@@ -108,13 +111,40 @@ def load_image(path: Path, size: tuple[int, int], channels: int) -> tuple[np.nda
     return arr, hashlib.sha256(data).hexdigest()
 
 
-def _decode_chunk(paths: list[Path], size: tuple[int, int], channels: int) -> tuple[np.ndarray, list[str]]:
+def _decode_file(path: Path, rel: str, size: tuple[int, int], channels: int) -> tuple[np.ndarray, str] | BadFile:
+    """(pixels, file sha256) of one image file, or a BadFile saying why it cannot be used. Never raises for a bad
+    file: one broken image must not stop the rest of the folder (or of its pool chunk).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        if path.is_symlink() and not path.exists():
+            return BadFile(rel, "unreadable", f"unreadable file: a broken symbolic link to {os.readlink(path)}")
+        return BadFile(rel, "unreadable", f"unreadable file ({exc.strerror or exc})")
+    if not data:
+        return BadFile(rel, "empty", "empty file (0 bytes)")
+    try:
+        arr = decode_image(data, size, channels)
+    except Exception as exc:  # noqa: BLE001 - PIL may raise anything on a malformed file: that file fails, not the run
+        return decode_failure(rel, data, exc)
+    return arr, hashlib.sha256(data).hexdigest()
+
+
+def _decode_chunk(
+    paths: list[Path], rels: list[str], size: tuple[int, int], channels: int
+) -> tuple[np.ndarray, list[str], list[tuple[int, BadFile]]]:
+    """Decode a chunk: pixels (a bad file's row is left unset), sha256s ("" for bad files), (index, BadFile)s."""
     out = np.empty((len(paths), size[0], size[1], channels), dtype=np.uint8)
-    digests = []
-    for i, p in enumerate(paths):
-        out[i], digest = load_image(p, size, channels)
-        digests.append(digest)
-    return out, digests
+    digests, bad = [], []
+    for i, (path, rel) in enumerate(zip(paths, rels, strict=True)):
+        result = _decode_file(path, rel, size, channels)
+        if isinstance(result, BadFile):
+            bad.append((i, result))
+            digests.append("")
+        else:
+            out[i], digest = result
+            digests.append(digest)
+    return out, digests, bad
 
 
 def _pool(n_files: int) -> Executor:
@@ -128,56 +158,109 @@ def _pool(n_files: int) -> Executor:
     return ThreadPoolExecutor(min(8, cpus + 2))
 
 
-def _load_all(paths: list[Path], size: tuple[int, int], channels: int, desc: str) -> tuple[np.ndarray, list[str]]:
-    """Decode `paths` in parallel into one preallocated uint8 array (order kept); also return file sha256s."""
+def _load_all(
+    paths: list[Path], rels: list[str], size: tuple[int, int], channels: int, desc: str
+) -> tuple[np.ndarray, list[str], dict[int, BadFile]]:
+    """Decode `paths` in parallel into one preallocated uint8 array (order kept); also file sha256s and the bad
+    files by index (their rows are unset).
+    """
     from tqdm import tqdm
 
     out = np.empty((len(paths), size[0], size[1], channels), dtype=np.uint8)
     digests: list[str] = []
-    chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    bad: dict[int, BadFile] = {}
+    chunks = range(0, len(paths), _CHUNK)
     disable = len(paths) < 2000 or not sys.stderr.isatty()
     pool = _pool(len(paths))
     with pool, tqdm(total=len(paths), desc=desc, unit="img", disable=disable) as bar:
         try:
-            for x, d in pool.map(_decode_chunk, chunks, repeat(size), repeat(channels)):
+            results = pool.map(
+                _decode_chunk,
+                [paths[i : i + _CHUNK] for i in chunks],
+                [rels[i : i + _CHUNK] for i in chunks],
+                repeat(size),
+                repeat(channels),
+            )
+            for x, d, b in results:
+                bad.update((len(digests) + i, f) for i, f in b)
                 out[len(digests) : len(digests) + len(x)] = x
                 digests += d
                 bar.update(len(x))
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
-    return out, digests
+    return out, digests, bad
 
 
-def _read_split(
-    root: Path, size: tuple[int, int], channels: int, names: list[str] | None
-) -> tuple[np.ndarray, np.ndarray, list[str], str]:
-    """Images, labels, class names and a content digest (sha256 over sorted 'class/file sha256' lines)."""
-    classes = _list_split(root)
+@dataclass(frozen=True)
+class _Split:
+    """One split read from disk: the usable images, their labels, the class names, digest and bad files."""
+
+    name: str  # "train" or "test"
+    x: np.ndarray
+    y: np.ndarray
+    names: list[str]
+    digest: str  # sha256 over sorted 'class/file sha256' lines of the images used
+    bad: list[BadFile]
+
+
+def _read_split(root: Path, split: str, size: tuple[int, int], channels: int, names: list[str] | None) -> _Split:
+    """Decode every candidate image of `root/split`; bad files are collected (and their rows dropped), not raised."""
+    classes, bad = list_split(root, split)
     if not classes:
-        raise DatasetError(f"{root}: no class folders; expected {root}/<class>/*.png|jpg")
+        raise DatasetError(f"{root / split}: no class folders; expected {root / split}/<class>/*.png|jpg")
     if names is not None and list(classes) != names:
-        raise DatasetError(f"{root}: class folders {list(classes)} do not match train/ classes {names}")
+        raise DatasetError(f"{root / split}: class folders {list(classes)} do not match train/ classes {names}")
     paths = [p for files in classes.values() for p in files]
+    rels = [f"{split}/{p.parent.name}/{p.name}" for p in paths]
     y = np.repeat(np.arange(len(classes), dtype=np.int64), [len(f) for f in classes.values()])
-    x, digests = _load_all(paths, size, channels, root.name)
-    lines = "".join(f"{p.parent.name}/{p.name} {d}\n" for p, d in zip(paths, digests, strict=True))
-    return x, y, list(classes), hashlib.sha256(lines.encode()).hexdigest()
+    x, digests, failed = _load_all(paths, rels, size, channels, split)
+    if failed:
+        keep = np.ones(len(paths), dtype=bool)
+        keep[list(failed)] = False
+        x, y = x[keep], y[keep]
+        rels = [r for r, k in zip(rels, keep, strict=True) if k]
+        digests = [d for d, k in zip(digests, keep, strict=True) if k]
+    lines = "".join(f"{r.split('/', 1)[1]} {d}\n" for r, d in zip(rels, digests, strict=True))
+    digest = hashlib.sha256(lines.encode()).hexdigest()
+    return _Split(split, x, y, list(classes), digest, sorted(bad + list(failed.values())))
 
 
-def read_image_folder(source: str, image_size: tuple[int, int], channels: int) -> RawDataset:
+def _check_classes_left(root: Path, split: _Split) -> None:
+    """DatasetError naming each class folder that has no usable image once its bad files are left out."""
+    counts = np.bincount(split.y, minlength=len(split.names))
+    empty = [name for name, n in zip(split.names, counts, strict=True) if n == 0]
+    if empty:
+        where = ", ".join(str(root / split.name / name) for name in empty)
+        raise DatasetError(
+            f"{where}: no usable image left once the bad files are skipped; add readable images "
+            "or remove the folder (every class needs images)"
+        )
+
+
+def read_image_folder(
+    source: str, image_size: tuple[int, int], channels: int, on_bad_file: Literal["fail", "skip"] = "fail"
+) -> ImageFolderDataset:
     """Read train/ (and test/ if present) class folders into uint8 (N, H, W, channels) arrays.
 
-    `sources` maps "train/" (and "test/") to a sha256 over every file's relative path and content hash.
+    Every file is checked. With bad files, `on_bad_file="fail"` raises one DatasetError naming all of them;
+    `"skip"` leaves them out and returns them in `skipped` (sorted by relative path).
+    `sources` maps "train/" (and "test/") to a sha256 over every used file's relative path and content hash.
     """
     root, size = Path(source), (int(image_size[0]), int(image_size[1]))
     if channels not in (1, 3):
         raise DatasetError(f"ingest.channels must be 1 or 3, got {channels}")
     if not (root / "train").is_dir():
         raise DatasetError(f"{root / 'train'}: not found; expected {root}/train/<class>/*.png|jpg")
-    train_x, train_y, names, digest = _read_split(root / "train", size, channels, None)
-    sources = {"train/": digest}
-    test_x = test_y = None
+    splits = {"train": _read_split(root, "train", size, channels, None)}
     if (root / "test").is_dir():
-        test_x, test_y, _, sources["test/"] = _read_split(root / "test", size, channels, names)
-    return RawDataset(train_x, train_y, names, test_x, test_y, sources)
+        splits["test"] = _read_split(root, "test", size, channels, splits["train"].names)
+    bad = sorted(b for s in splits.values() for b in s.bad)
+    if bad and on_bad_file != "skip":
+        raise bad_files_error(root, bad)
+    for split in splits.values():
+        _check_classes_left(root, split)
+    train, test = splits["train"], splits.get("test")
+    sources = {f"{name}/": s.digest for name, s in splits.items()}
+    test_x, test_y = (test.x, test.y) if test else (None, None)
+    return ImageFolderDataset(train.x, train.y, train.names, test_x, test_y, sources, skipped=tuple(bad))

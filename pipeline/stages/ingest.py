@@ -20,11 +20,22 @@ from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, load, path_or
 from pipeline.core.config import IngestConfig
 from pipeline.core.errors import DatasetError
 from pipeline.core.splits import SPLITS
-from pipeline.data.dataset import RawDataset, read_dataset
+from pipeline.data import dataset as readers
+from pipeline.data.dataset import RawDataset
+from pipeline.data.folder_scan import BadFile, listing
 from pipeline.data.images import image_hashes
 
 # Later splits win: an image in test is dropped from the others, one in val from train/stream, etc.
 _DEDUP_ORDER = ("test", "val", "stream", "train")
+
+
+def read_dataset(cfg: IngestConfig, cache_dir: Path) -> RawDataset:
+    """`dataset.read_dataset`, except that an image folder is read with the bad-file policy `cfg.on_bad_file`."""
+    if cfg.dataset == "image-folder":
+        from pipeline.data.image_folder import read_image_folder
+
+        return read_image_folder(cfg.source, cfg.image_size, cfg.channels, on_bad_file=cfg.on_bad_file)
+    return readers.read_dataset(cfg, cache_dir)
 
 
 def _rng(seed: int, step: str) -> np.random.Generator:
@@ -128,8 +139,11 @@ def manifest_checksum(split_info: dict[str, dict]) -> str:
 def build_manifest(
     dataset: str, raw: RawDataset, seed: int, split_info: dict[str, dict], dropped: dict[str, int]
 ) -> dict:
-    """The manifest.json content; `checksum` covers every shard's sha256."""
-    return {
+    """The manifest.json content; `checksum` covers every shard's sha256.
+
+    An image-folder read also records `skipped_files`: each source file left out (relative path and reason).
+    """
+    manifest = {
         "dataset": dataset,
         "class_names": list(raw.class_names),
         "image_shape": [int(d) for d in raw.train_x.shape[1:]],
@@ -139,6 +153,10 @@ def build_manifest(
         "duplicates_dropped": dropped,
         "checksum": manifest_checksum(split_info),
     }
+    skipped = getattr(raw, "skipped", None)  # an ImageFolderDataset's bad files (ingest.on_bad_file: skip)
+    if skipped is not None:
+        manifest["skipped_files"] = [b.record() for b in skipped]
+    return manifest
 
 
 def add_accepted(
@@ -256,6 +274,17 @@ def command(
     )
     counts = {k: v["count"] for k, v in manifest["splits"].items()}
     typer.echo(f"ingested {cfg.ingest.dataset}: {counts} -> {out}")
+    _echo_skipped(manifest.get("skipped_files", []), cfg.ingest.source, out)
+
+
+def _echo_skipped(skipped: list[dict], source: str, out: Path) -> None:
+    """Tell the user which source files `ingest.on_bad_file: skip` left out (they stay listed in the manifest)."""
+    if not skipped:
+        return
+    bad = [BadFile(s["path"], "", s["reason"]) for s in skipped]
+    typer.echo(f"skipped {len(bad)} bad source file(s) (ingest.on_bad_file: skip; source files left untouched):")
+    typer.echo("\n".join(listing(source, bad)))
+    typer.echo(f"each is listed with its reason under skipped_files in {out / 'manifest.json'}")
 
 
 if __name__ == "__main__":
