@@ -2,7 +2,9 @@
 
 Each failure names the expectation, its table.column, how many rows broke it and up to `limit` example rows
 (split, index, label, ..., offending value; for leakage also where else the image appears), so a failing
-`mlops validate` or a rejected monitoring batch says exactly which images to look at.
+`mlops validate` or a rejected monitoring batch says exactly which images to look at. `skipped_files` carries
+the source files ingest left out (`ingest.on_bad_file: skip`) into the report, so a passing validation still
+says what the data lacks.
 """
 
 from __future__ import annotations
@@ -153,4 +155,21 @@ def format_failure(f: dict) -> list[str]:
     if f.get("observed_value") is not None and not f["examples"]:
         lines.append(f"      observed: {f['observed_value']}")
     lines.extend("      " + " ".join(f"{k}={v}" for k, v in ex.items()) for ex in f["examples"])
+    return lines
+
+
+def skipped_files(manifest: dict) -> dict:
+    """The report's `skipped_files` section: how many source files ingest skipped, and which (path, reason)."""
+    files = [dict(f) for f in manifest.get("skipped_files", [])]
+    return {"count": len(files), "files": files}
+
+
+def format_skipped(section: dict, limit: int = 10) -> list[str]:
+    """One-screen text for a `skipped_files` section: a headline, then up to `limit` 'path: reason' lines."""
+    if not section["count"]:
+        return []
+    lines = [f"note: ingest skipped {section['count']} bad source file(s) (ingest.on_bad_file: skip):"]
+    lines += [f"  {f['path']}: {f['reason']}" for f in section["files"][:limit]]
+    if section["count"] > limit:
+        lines.append(f"  … and {section['count'] - limit} more (skipped_files in the report)")
     return lines

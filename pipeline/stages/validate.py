@@ -5,7 +5,9 @@ validates them against the suite (pipeline/data/suite.py), and the report (pipel
 failing expectation with example rows (split, index, label, offending value).
 
 `run` always writes a JSON report (and GX data docs as a static HTML site); on failure it raises StageError
-listing the failures. Command: `python -m pipeline.stages.validate` (what dvc.yaml runs) or `mlops validate`.
+listing the failures. The report's `skipped_files` section counts and lists the source files ingest left out
+(`ingest.on_bad_file: skip`, from manifest.json).
+Command: `python -m pipeline.stages.validate` (what dvc.yaml runs) or `mlops validate`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def _failure_message(failures: list[dict], statistics: dict, n_images: int, data
     head = f"data validation failed: {len(failures)} of {evaluated} expectations failed on {n_images} images in "
     lines = [f"{head}{data_dir}:"]
     lines += [line for f in failures for line in gx_report.format_failure(f)]
+    lines += gx_report.format_skipped(report["skipped_files"])
     lines.append(f"report: {report['report']}  data docs: {report['docs']}")
     return "\n".join(lines)
 
@@ -75,6 +78,7 @@ def run(cfg: ValidateConfig, data_dir: str | Path, report_path: str | Path, docs
         "statistics": statistics,
         "split_counts": {s: int(n) for s, n in images["split"].value_counts().items()},
         "failures": failures,
+        "skipped_files": gx_report.skipped_files(manifest),
         "manifest_checksum": manifest.get("checksum"),
         "docs": str(docs_dir / "index.html"),
     }
@@ -110,6 +114,8 @@ def command(
         f"validation passed: {result['statistics']['successful_expectations']} expectations on "
         f"{result['rows']} images -> {report}"
     )
+    for line in gx_report.format_skipped(result["skipped_files"]):
+        typer.echo(line)
 
 
 if __name__ == "__main__":
