@@ -52,6 +52,12 @@ test: setup dataset  ## the full test suite (unit, data, model, integration)
 test-fast: setup  ## everything but the integration tier
 	$(BIN)/python -m pytest -q -m "not integration"
 
+# the reliability tier with 20 seeded kill -9 trials per operation (CI runs 2: FAULT_TRIALS' default); replay one
+# trial with FAULT_TRIALS=1 FAULT_SEED=<seed>; the fault table is printed at the end
+.PHONY: reliability
+reliability: setup  ## fault trials: kill -9 at 20 seeded random moments per operation, invariants checked
+	FAULT_TRIALS=20 $(BIN)/python -m pytest tests/reliability -q --durations=15
+
 # Python: ruff on the packages, the benchmark scripts and infra/'s helpers; mypy (files: pyproject.toml) on the
 # packages and infra/local/'s helpers; import-linter (contracts: pyproject.toml) on the packages.
 # Shell: every script under infra/ and bench/, and the CI entry point.

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import yaml
 
-from pipeline.core import clock
+from pipeline.core import clock, io
+from pipeline.core.errors import StageError
 from pipeline.registry import store
 from pipeline.registry.aliases import CHALLENGER
 
@@ -35,15 +37,36 @@ def lineage_key(lock_path: Path = Path("dvc.lock")) -> str | None:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def find_by_key(model_name: str, key: str):
-    """The newest version of `model_name` registered with lineage key `key`, or None."""
-    from mlflow.exceptions import MlflowException
+def find_by_key(model_name: str, key: str) -> list:
+    """Every version of `model_name` registered with lineage key `key`, newest first.
 
-    try:
-        found = store.client().search_model_versions(f"name = '{model_name}' and tags.`{KEY_TAG}` = '{key}'")
-    except MlflowException:
-        return None
-    return max(found, key=lambda mv: int(mv.version)) if found else None
+    A failing search raises (an MlflowException): "not found" must never be assumed, or a retry registers twice.
+    """
+    found = store.client().search_model_versions(f"name = '{model_name}' and tags.`{KEY_TAG}` = '{key}'")
+    return sorted(found, key=lambda mv: int(mv.version), reverse=True)
+
+
+def missing_files(model_name: str, mv) -> str | None:
+    """Why version `mv` is not complete (not READY, or its MLmodel, labels.json or .tflite with the registered
+    sha256 do not download), or None when it is: the check before a version is reused.
+    """
+    import mlflow
+
+    if mv.status != "READY":
+        return f"status {mv.status}"
+    with tempfile.TemporaryDirectory(prefix=f"check-v{mv.version}-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{mv.version}", dst_path=tmp))
+        except Exception as exc:
+            if store.unreachable(exc) is not None:  # a server that is down says nothing about the version's files
+                raise
+            return f"its files do not download ({type(exc).__name__}: {exc})"
+        tflites = sorted(local.rglob("*.tflite"))
+        if not (local / "MLmodel").is_file() or not any(local.rglob("labels.json")) or len(tflites) != 1:
+            return "MLmodel, labels.json or the .tflite is missing"
+        if io.sha256_file(tflites[0]) != (mv.tags or {}).get(SHA_TAG):
+            return f"its .tflite does not have the registered {SHA_TAG}"
+    return None
 
 
 def mark_committed(model_name: str, version: str, commit: str, ref: str, remote: str | None) -> None:
@@ -62,8 +85,14 @@ def mark_push_failed(model_name: str, version: str, error: str) -> None:
 
 
 def make_challenger(model_name: str, version: str) -> None:
-    """Point `challenger` at the version (after its commit and data are pushed)."""
-    store.client().set_registered_model_alias(model_name, CHALLENGER, version)
+    """Point `challenger` at the version (after its commit and data are pushed); StageError, and no alias, when the
+    version is not complete (an alias only ever names a version with all of its files).
+    """
+    client = store.client()
+    reason = missing_files(model_name, client.get_model_version(model_name, version))
+    if reason is not None:
+        raise StageError(f"{model_name} v{version} is incomplete ({reason}); no alias set. Rerun `mlops register`.")
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
 
 
 def version_tags(model_name: str, version: str) -> dict[str, str]:

@@ -1,19 +1,25 @@
 """Approval-gated promotion: challenger → champion (previous kept), rejection, rollback — every decision audited.
 
-Audit trail, append-only: each decision is (1) a set of `audit.<n>.*` tags on the model versions involved,
-never overwritten (n increments), and (2) its own MLflow run in the `<model>-audit` experiment holding
-`audit.json`. Nothing is promoted that evaluation did not bless.
+Audit trail, append-only (pipeline.registry.audit): each decision is (1) a set of `audit.<n>.*` tags on the model
+versions involved, never overwritten (n increments), and (2) its own MLflow run in the `<model>-audit` experiment
+holding `audit.json`. Nothing is promoted that evaluation did not bless.
+
+An approval survives a crash at any point: before it moves an alias it writes its intent (PENDING_TAG on the
+approved version: decision id, approver, reason, the champion it replaces); a rerun of `approve` finds the intent
+and completes exactly that decision — aliases, decision tag, one audit record — then removes the intent.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import uuid
 
 from pipeline.core import clock
 from pipeline.core.errors import StageError
-from pipeline.registry import store
+from pipeline.registry import audit, store
 from pipeline.registry.aliases import ALL as ALIASES, CHALLENGER, CHAMPION, PREVIOUS
+
+PENDING_TAG = "promotion.pending"
 
 
 def _run_metrics(client, version) -> dict[str, float]:
@@ -41,13 +47,30 @@ def _summary(client, version) -> dict:
     }
 
 
+def pending_approval(model_name: str):
+    """(version, intent) of an approval that was interrupted before it completed, or None."""
+    for mv in store.client().search_model_versions(f"name = '{model_name}'"):
+        if PENDING_TAG in (mv.tags or {}):
+            return mv, json.loads(mv.tags[PENDING_TAG])
+    return None
+
+
+@store.reachable("review of the challenger")
 def compare(model_name: str) -> dict:
-    """Challenger vs champion: metrics, per-class deltas, size, latency, McNemar p, lineage."""
+    """Challenger vs champion: metrics, per-class deltas, size, latency, McNemar p, lineage.
+
+    While an approval is pending (interrupted), it compares that version with the champion it replaces.
+    """
     client = store.client()
-    challenger = store.version_by_alias(model_name, CHALLENGER)
-    if challenger is None:
-        raise StageError(f"{model_name}: no '{CHALLENGER}' version to review; run the training pipeline first.")
-    champion = store.version_by_alias(model_name, CHAMPION)
+    pending = pending_approval(model_name)
+    if pending is not None:
+        challenger, intent = pending
+        champion = client.get_model_version(model_name, intent["previous"]) if intent["previous"] else None
+    else:
+        challenger = store.version_by_alias(model_name, CHALLENGER)
+        if challenger is None:
+            raise StageError(f"{model_name}: no '{CHALLENGER}' version to review; run the training pipeline first.")
+        champion = store.version_by_alias(model_name, CHAMPION)
     new = _summary(client, challenger)
     old = _summary(client, champion) if champion else None
     diff = {}
@@ -93,36 +116,10 @@ def _require_name(by: str) -> None:
         raise StageError("a decision needs the approver's name (--by NAME); nothing was changed")
 
 
-def _next_audit_index(version) -> int:
-    seen = [int(m.group(1)) for k in version.tags if (m := re.match(r"audit\.(\d+)\.action$", k))]
-    return max(seen, default=0) + 1
-
-
 def _audit(client, model_name: str, action: str, by: str, reason: str, versions: dict, diff: dict | None) -> dict:
-    """Append one audit record: tags on each involved version (new index) + an immutable MLflow run."""
-    import mlflow
-
-    record = {"action": action, "by": by, "at": clock.utc_iso(), "reason": reason, "versions": versions}
-    record["diff"] = diff or {}
-    for version_no in {v for v in versions.values() if v is not None}:
-        version = client.get_model_version(model_name, version_no)
-        n = _next_audit_index(version)
-        for key, value in (
-            ("action", action),
-            ("by", by),
-            ("at", record["at"]),
-            ("reason", reason[:1000]),
-            ("versions", json.dumps(versions)),
-        ):
-            client.set_model_version_tag(model_name, version_no, f"audit.{n}.{key}", value)
-    experiment_id = store.ensure_experiment(f"{model_name}-audit")
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=f"{action}-by-{by}",
-        tags={"audit.action": action, "audit.by": by, "model_name": model_name},
-    ):
-        mlflow.log_dict(record, "audit.json")
-    return record
+    """Append one new decision to the audit trail (pipeline.registry.audit)."""
+    record = {"id": uuid.uuid4().hex, "action": action, "by": by, "at": clock.utc_iso(), "reason": reason}
+    return audit.append(client, model_name, {**record, "versions": versions, "diff": diff or {}})
 
 
 def _pending_challenger(model_name: str, by: str, action: str, reviewed: str | None = None):
@@ -143,38 +140,83 @@ def _pending_challenger(model_name: str, by: str, action: str, reviewed: str | N
     return challenger
 
 
+def _intent(client, model_name: str, by: str, reason: str, reviewed: str | None):
+    """The version to approve and the decision's intent: a pending (interrupted) approval, else a new one written
+    to the blessed challenger before any alias moves.
+    """
+    pending = pending_approval(model_name)
+    if pending is not None:
+        target, intent = pending
+        if reviewed is not None and str(target.version) != str(reviewed):
+            raise StageError(
+                f"{model_name}: an interrupted approval of v{target.version} is pending; nothing was changed — "
+                f"rerun the approval of v{target.version} to complete it first."
+            )
+        return target, intent
+    target = _pending_challenger(model_name, by, "approve", reviewed)
+    if target.tags.get("eval.blessed") != "true":
+        raise StageError(f"{model_name} v{target.version} was not blessed by evaluation; it cannot be promoted.")
+    champion = store.version_by_alias(model_name, CHAMPION)
+    intent = {
+        "id": uuid.uuid4().hex,
+        "by": by,
+        "reason": reason,
+        "at": clock.utc_iso(),
+        "previous": str(champion.version) if champion else None,
+    }
+    client.set_model_version_tag(model_name, target.version, PENDING_TAG, json.dumps(intent))
+    return target, intent
+
+
+@store.reachable("approval")
 def approve(model_name: str, by: str, reason: str, reviewed: str | None = None) -> dict:
     """Champion ← challenger (previous ← old champion). Refuses anything evaluation did not bless, and — given the
-    `reviewed` version — a challenger that changed since the review.
+    `reviewed` version — a challenger that changed since the review. Completes an interrupted approval first.
     """
-    challenger = _pending_challenger(model_name, by, "approve", reviewed)
+    _require_name(by)
     client = store.client()
-    if challenger.tags.get("eval.blessed") != "true":
-        raise StageError(f"{model_name} v{challenger.version} was not blessed by evaluation; it cannot be promoted.")
+    audit.fail_dangling(client, model_name)
+    target, intent = _intent(client, model_name, by, reason, reviewed)
     cmp = compare(model_name)
-    champion = store.version_by_alias(model_name, CHAMPION)
-    if champion is not None:
-        client.set_registered_model_alias(model_name, PREVIOUS, champion.version)
-    client.set_registered_model_alias(model_name, CHAMPION, challenger.version)
-    client.delete_registered_model_alias(model_name, CHALLENGER)
-    client.set_model_version_tag(model_name, challenger.version, "promotion.decision", "approved")
-    versions = {"champion": str(challenger.version), "previous": str(champion.version) if champion else None}
-    return _audit(client, model_name, "approve", by, reason, versions, cmp["diff"])
+    version, previous = str(target.version), intent["previous"]
+    if previous is not None:
+        client.set_registered_model_alias(model_name, PREVIOUS, previous)
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    challenger = store.version_by_alias(model_name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == version:
+        client.delete_registered_model_alias(model_name, CHALLENGER)
+    client.set_model_version_tag(model_name, version, "promotion.decision", "approved")
+    record = {
+        "id": intent["id"],
+        "action": "approve",
+        "by": intent["by"],
+        "at": intent["at"],
+        "reason": intent["reason"],
+        "versions": {"champion": version, "previous": previous},
+        "diff": cmp["diff"],
+    }
+    audit.append(client, model_name, record)
+    client.delete_model_version_tag(model_name, version, PENDING_TAG)
+    return record
 
 
+@store.reachable("rejection")
 def reject(model_name: str, by: str, reason: str, reviewed: str | None = None) -> dict:
     """Tag the challenger as rejected and withdraw its alias; the version stays in the registry."""
     challenger = _pending_challenger(model_name, by, "reject", reviewed)
     client = store.client()
+    audit.fail_dangling(client, model_name)
     client.set_model_version_tag(model_name, challenger.version, "promotion.decision", "rejected")
     client.delete_registered_model_alias(model_name, CHALLENGER)
     return _audit(client, model_name, "reject", by, reason, {"challenger": str(challenger.version)}, None)
 
 
+@store.reachable("rollback")
 def rollback(model_name: str, by: str, reason: str) -> dict:
     """Champion ← previous; the rolled-back version becomes `previous` (so a second rollback undoes it)."""
     _require_name(by)
     client = store.client()
+    audit.fail_dangling(client, model_name)
     previous = store.version_by_alias(model_name, PREVIOUS)
     champion = store.version_by_alias(model_name, CHAMPION)
     if previous is None or champion is None:
@@ -187,14 +229,7 @@ def rollback(model_name: str, by: str, reason: str) -> dict:
 
 def history(model_name: str) -> list[dict]:
     """Every audit record, oldest first, from the audit experiment's runs."""
-    import mlflow
-
-    client = store.client()
-    exp = client.get_experiment_by_name(f"{model_name}-audit")
-    if exp is None:
-        return []
-    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=10000)
-    return [mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/audit.json") for run in runs]
+    return audit.history(model_name)
 
 
 def aliases(model_name: str) -> dict[str, str | None]:

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import yaml
 
+from pipeline.core.command import mlflow_unreachable
+from pipeline.core.errors import StageError
+
 LOCAL_DIR = Path("mlflow")
 EXPERIMENT_COPIES = (".dvc", "tmp", "exps")  # `dvc exp run --temp/--queue` runs stages in a copy under here
+_LOST_CONNECTION = {  # requests / urllib3 exceptions of a server that went away (imported only when in use)
+    "ConnectionError",
+    "ChunkedEncodingError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "Timeout",
+    "ProtocolError",
+    "MaxRetryError",
+    "NewConnectionError",
+}
 _project_dir: Path | None = None  # set by use_project(); None: the current directory is the project root
 
 
@@ -76,6 +90,39 @@ def client():
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """What to tell the user when `exc`, or an exception that caused it, is a failure to reach the tracking server
+    (down, or gone in the middle of an operation); None for anything else.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, Exception) and (message := mlflow_unreachable(seen)) is not None:
+            return message
+        if isinstance(seen, ConnectionError) or type(seen).__name__ in _LOST_CONNECTION:
+            return (
+                f"cannot reach the MLflow tracking server at {tracking_uri()} ({type(seen).__name__}). Start it, or "
+                "point MLFLOW_TRACKING_URI at a running server, then rerun."
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextlib.contextmanager
+def reachable(action: str) -> Iterator[None]:
+    """Turn a lost tracking server (down, or killed mid-operation) into a StageError saying what to do."""
+    try:
+        yield
+    except StageError:
+        raise
+    except Exception as exc:
+        message = unreachable(exc)
+        if message is None:
+            raise
+        raise StageError(
+            f"{action}: {message} Nothing half-done is used: the rerun completes or redoes what was interrupted."
+        ) from None
 
 
 def ensure_experiment(name: str) -> str:

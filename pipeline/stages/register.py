@@ -202,67 +202,30 @@ def _read_inputs(paths: PathsConfig) -> dict:
     }
 
 
-def _existing_record(reg, key: str | None) -> dict | None:
-    """The record of a version already registered with this lineage key (a retried run registers nothing new)."""
-    from pipeline.registry import lineage
-
-    found = lineage.find_by_key(reg.model_name, key) if key else None
-    if found is None:
-        return None
-    return {
-        "model_name": reg.model_name,
-        "version": int(found.version),
-        "alias": None,
-        "blessed": found.tags.get("eval.blessed") == "true",
-        "run_id": found.run_id,
-        "model_uri": f"models:/{reg.model_name}/{found.version}",
-        "deploy_variant": found.tags.get("model.deploy_variant"),
-        "lineage_key": key,
-        "sha256": found.tags.get(lineage.SHA_TAG),
-        "reused": True,
-    }
-
-
-def run(params: Params, params_path: Path, out_path: Path) -> dict:
-    """Log one MLflow run with everything and register a model version, without an alias.
-
-    The version gets its lineage key (dvc.lock up to evaluation) and the deploy variant's sha256; `challenger`
-    comes later, from `pipeline.versioning.commit` once the run is a pushed commit. A version with the same
-    lineage key is reused, not registered twice. Reads (from `params.paths`): prepared stats.json +
-    manifest.json + the first test image (input example), the validation and evaluation reports, train/compress/
-    evaluate metrics, plots, data docs, the model and the deploy variant's .tflite; `params_path` and dvc.lock.
-    Writes: the MLflow run and model version, and `out_path` (the registration record).
-    """
+def _register(params: Params, params_path: Path, inputs: dict, key: str | None, experiment_id: str) -> dict:
+    """One MLflow run (owned by this process: pipeline.registry.runs) and one new version, created with every tag."""
     import mlflow
 
-    from pipeline.registry import lineage, store
+    from pipeline.registry import lineage, registration, runs
 
-    reg, inputs = params.register_, _read_inputs(params.paths)
-    key = lineage.lineage_key()
-    record = _existing_record(reg, key)
-    if record is not None:
-        io.write_json(out_path, record)
-        return record
-    decision = inputs["evaluation"]["decision"]
+    reg, decision = params.register_, inputs["evaluation"]["decision"]
     variant, blessed = decision["deploy_variant"], bool(decision["blessed"])
     digest = io.sha256_file(Path(params.paths.compressed) / f"{variant}.tflite")
-    client = store.client()
-    experiment_id = store.ensure_experiment(reg.experiment)
     tags = {
         **lineage_tags(params, inputs["manifest"], inputs["validation"], inputs["evaluation"]),
         lineage.SHA_TAG: digest,
         **({lineage.KEY_TAG: key} if key else {}),
     }
     started = time.perf_counter()
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=f"{params.train.model}-{tags['git.base_commit'][:8]}", tags=tags
-    ) as run:
+    run_name = f"{params.train.model}-{tags['git.base_commit'][:8]}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={**tags, **runs.owner_tags()}) as run:
         _log_run(mlflow, params, params_path, inputs)
         info = _log_models(mlflow, params.paths, inputs["stats"], variant)
-        version = mlflow.register_model(info.model_uri, reg.model_name, tags=tags)
-        client.set_model_version_tag(reg.model_name, version.version, "source_run_id", run.info.run_id)
-        mlflow.set_tag("registered_version", version.version)
-    record = {
+        # one call creates the version with all of its tags: no window in which it lacks its key or its run
+        version_tags = {**tags, registration.SOURCE_RUN_TAG: run.info.run_id}
+        version = mlflow.register_model(info.model_uri, reg.model_name, tags=version_tags)
+        mlflow.set_tag(registration.REGISTERED_TAG, version.version)
+    return {
         "model_name": reg.model_name,
         "version": int(version.version),
         "alias": None,
@@ -275,6 +238,30 @@ def run(params: Params, params_path: Path, out_path: Path) -> dict:
         "sha256": digest,
         "logging_seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def run(params: Params, params_path: Path, out_path: Path) -> dict:
+    """Log one MLflow run with everything and register a model version, without an alias.
+
+    The version gets its lineage key (dvc.lock up to evaluation) and the deploy variant's sha256; `challenger`
+    comes later, from `pipeline.versioning.commit` once the run is a pushed commit. A complete version with the same
+    lineage key is reused (and completed, after a crash), never registered twice; runs left RUNNING by dead processes
+    of this host are marked FAILED. Reads (from `params.paths`): prepared stats.json + manifest.json + the first test
+    image (input example), the validation and evaluation reports, train/compress/evaluate metrics, plots, data docs,
+    the model and the deploy variant's .tflite; `params_path` and dvc.lock.
+    Writes: the MLflow run and model version, and `out_path` (the registration record).
+    """
+    from pipeline.registry import audit, lineage, registration, runs, store
+
+    reg, inputs = params.register_, _read_inputs(params.paths)
+    key = lineage.lineage_key()
+    with store.reachable(f"register {reg.model_name}"):
+        client = store.client()
+        experiment_id = store.ensure_experiment(reg.experiment)
+        record = registration.reuse(reg.model_name, key)
+        runs.fail_dangling(client, [experiment_id, *runs.experiment_ids(client, [audit.experiment(reg.model_name)])])
+        if record is None:
+            record = _register(params, params_path, inputs, key, experiment_id)
     io.write_json(out_path, record)
     return record
 

@@ -172,3 +172,70 @@ def make_register_workspace(work: Path, template: Path, model_name: str, *, tfli
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workspace"]):
             subprocess.run(cmd, cwd=work, check=True, capture_output=True)
     return work
+
+
+# --------------------------------------------------------------------------------------------- a real MLflow server
+
+
+class MlflowServer:
+    """`mlflow server` (sqlite backend, artifacts served by the server from a local folder) in its own process group.
+
+    kill() is `kill -9` of the whole group; start() again reuses the same port, database and artifacts, as a
+    supervisor restarting the service would.
+    """
+
+    def __init__(self, root: Path):
+        from tests.helpers_s3 import free_port
+
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> float:
+        """Start the server and wait until /health answers; the seconds it took."""
+        import sys
+        import urllib.request
+
+        t0 = time.monotonic()
+        bin_dir = Path(sys.executable).parent
+        cmd = [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--artifacts-destination", str(self.root / "artifacts"), "--serve-artifacts",
+               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        self.starts += 1
+        log = self.root / f"server-{self.starts}.log"
+        self.proc = start(cmd, self.root, subprocess_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}), log)
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, timeout, "the MLflow server's /health", interval=0.1, proc=self.proc, log=log)
+        return time.monotonic() - t0
+
+    def kill(self) -> None:
+        """kill -9 the server's process group (idempotent)."""
+        if self.proc is not None:
+            kill_group(self.proc)
+
+    def client(self):
+        """An MlflowClient for this server (tracking and registry)."""
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.url, registry_uri=self.url)
+
+
+def write_dvc_lock(work: Path, salt: str) -> Path:
+    """A dvc.lock with stage entries up to evaluate (what the lineage key hashes), distinct per `salt`."""
+    stages = {name: {"cmd": f"python -m pipeline.stages.{name}",
+                     "outs": [{"path": f"out/{name}", "md5": hashlib.md5(f"{salt}:{name}".encode()).hexdigest()}]}
+              for name in ("ingest", "validate", "preprocess", "train", "compress", "evaluate")}
+    return write_yaml(Path(work) / "dvc.lock", {"schema": "2.0", "stages": stages})

@@ -108,3 +108,41 @@ def format_table(table: list[Trial]) -> list[str]:
         seeds = ",".join(str(t.seed) for t in rows)
         lines.append(f"{op} | {len(rows)} | {sum(t.killed for t in rows)} | {held}/{checks} | {seeds}")
     return lines
+
+
+def run_with_fault(cmd: list[str], cwd: Path, env: dict, log: Path, fault_at: float,
+                   fault: Callable[[], object], timeout: float = 600) -> tuple[int, bool]:
+    """Run `cmd`; `fault_at` s after start call `fault()` (e.g. kill a server it talks to) if `cmd` still runs.
+
+    Waits for `cmd` to exit (killing its group after `timeout`); (its exit code, whether the fault was injected).
+    """
+    proc = start(cmd, cwd, env, log)
+    deadline = time.monotonic() + fault_at
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+    fired = proc.poll() is None
+    if fired:
+        fault()
+    try:
+        return proc.wait(timeout), fired
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise
+
+
+def finish(cmd: list[str], cwd: Path, env: dict, log: Path, timeout: float = 600) -> tuple[int, str]:
+    """Run `cmd` to its end (the rerun after a fault): (exit code, its output), never raising on failure."""
+    proc = start(cmd, cwd, env, log)
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise
+    return rc, log.read_text(errors="replace")
+
+
+def measured(cache: dict, operation: str, measure: Callable[[], float]) -> float:
+    """`operation`'s uninterrupted duration, measured once (by `measure()`) and kept in `cache` for the session."""
+    if operation not in cache:
+        cache[operation] = measure()
+    return cache[operation]
