@@ -43,7 +43,7 @@ def read_dataset(cfg: IngestConfig, cache_dir: Path) -> RawDataset:
     if cfg.dataset == "image-folder":
         from pipeline.data.image_folder import read_image_folder
 
-        return read_image_folder(cfg.source, cfg.image_size, cfg.channels)
+        return read_image_folder(cfg.source, cfg.image_size, cfg.channels, on_bad_file=cfg.on_bad_file)
     raise DatasetError(f"ingest.dataset: unknown dataset {cfg.dataset!r}; use fashion-mnist, cifar10 or image-folder")
 
 

@@ -105,9 +105,9 @@ def forget_dead_workers(directory: str) -> list[int]:
     """
     pids = set()
     for name in os.listdir(directory):
-        stem, _, pid = name.removesuffix(".db").rpartition("_")
-        if stem.startswith("gauge_live") and pid.isdigit():
-            pids.add(int(pid))
+        stem, _, digits = name.removesuffix(".db").rpartition("_")
+        if stem.startswith("gauge_live") and digits.isdigit():
+            pids.add(int(digits))
     dead = sorted(pid for pid in pids if not pid_alive(pid))
     for pid in dead:
         mark_process_dead(pid, directory)

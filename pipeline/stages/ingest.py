@@ -20,22 +20,12 @@ from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, load, path_or
 from pipeline.core.config import IngestConfig
 from pipeline.core.errors import DatasetError
 from pipeline.core.splits import SPLITS
-from pipeline.data import dataset as readers
-from pipeline.data.dataset import RawDataset
+from pipeline.data.dataset import RawDataset, read_dataset
 from pipeline.data.folder_scan import BadFile, listing
 from pipeline.data.images import image_hashes
 
 # Later splits win: an image in test is dropped from the others, one in val from train/stream, etc.
 _DEDUP_ORDER = ("test", "val", "stream", "train")
-
-
-def read_dataset(cfg: IngestConfig, cache_dir: Path) -> RawDataset:
-    """`dataset.read_dataset`, except that an image folder is read with the bad-file policy `cfg.on_bad_file`."""
-    if cfg.dataset == "image-folder":
-        from pipeline.data.image_folder import read_image_folder
-
-        return read_image_folder(cfg.source, cfg.image_size, cfg.channels, on_bad_file=cfg.on_bad_file)
-    return readers.read_dataset(cfg, cache_dir)
 
 
 def _rng(seed: int, step: str) -> np.random.Generator:
