@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import statistics
 import subprocess
@@ -138,6 +139,17 @@ def prepared_data(workdir: Path, max_per_class: int | None = None) -> Path:
     return workdir / "prepared"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), so figures from different machines are never read as one run."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def save(section: str, figures: dict) -> None:
     """Merge one benchmark's figures into bench/results.json (or $BENCH_RESULTS)."""
     data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
@@ -145,6 +157,7 @@ def save(section: str, figures: dict) -> None:
         **figures,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
     }
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps({section: data[section]}, indent=2))

@@ -99,9 +99,11 @@ def missed(summary: list[tuple[str, str, str, str]]) -> list[str]:
 
 
 def measured(results: dict) -> str:
-    """Which sections were measured when, on how many CPU cores."""
+    """Which sections were measured when, on how many CPU cores of which CPU model (where recorded)."""
     parts = [
-        f"{name} {s.get('measured_at', '?')} ({s.get('cpus', '?')} cpus)"
+        f"{name} {s.get('measured_at', '?')} ({s.get('cpus', '?')} cpus"
+        + (f", {s['cpu_model']}" if s.get("cpu_model") else "")
+        + ")"
         for name, s in results.items()
         if isinstance(s, dict)
     ]

@@ -190,6 +190,13 @@ def frontier_details(f: object) -> list[str]:
     out = ["", "### Accuracy / wall-time frontier", ""]
     if isinstance(f, dict) and f.get("command"):
         out += [f"`{f['command']}`; test accuracy vs the train stage's wall time.", ""]
+    if isinstance(f, dict) and f.get("measured_at"):
+        out += [
+            f"All points come from one run (finished {f['measured_at']}, {f.get('cpus', '?')} CPU cores"
+            + (f", {f['cpu_model']}" if f.get("cpu_model") else "")
+            + "): compare them with each other. Wall times in other sections may come from another run or machine.",
+            "",
+        ]
     out += table(
         ["config", "model", "budget min", "epochs", "wall min", "test accuracy", "with flip TTA", "on frontier"],
         map(_frontier_row, points),

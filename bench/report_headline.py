@@ -49,7 +49,9 @@ def precision_details(p: dict | None) -> list[str]:
     """bench/precision.py: training step seconds under float32 and mixed_bfloat16, every run, min and median."""
     if not isinstance(p, dict) or not p.get("models"):
         return []
+    flags = ", ".join(p.get("cpu_bf16_flags") or []) or "none reported"
     out = ["", "### float32 vs mixed_bfloat16 on the CPU", "", f"`{p.get('command')}`; {p.get('measured', '')}.", ""]
+    out += [f"CPU bfloat16 flags: {flags}.", ""]
     cells = []
     for model, m in p["models"].items():
         for policy in ("float32", "mixed_bfloat16"):
