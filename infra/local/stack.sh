@@ -22,6 +22,9 @@
 # (sqlite under the state dir), STACK_TIMEOUT (120 s per service), STACK_DVC_PREFIX (mlops-pipeline:
 # s3://dvc-store/<prefix>), PREFECT_WORK_POOL (mlops-process), STACK_GIT_REMOTE_NAME (stack); Prefect server
 # settings pass through the environment. See infra/README.md.
+# Zombie flow runs: the worker's flow runs send a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY s (30, the
+# minimum Prefect accepts) and `up` applies the automations of infra/prefect/automations (python -m
+# flows.automations; idempotent), which mark a Running flow run Crashed once its heartbeats stop.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,6 +44,7 @@ BUCKETS=(dvc-store mlflow-artifacts models incoming)
 DVC_REMOTE=store
 DVC_PREFIX="${STACK_DVC_PREFIX:-mlops-pipeline}"
 TIMEOUT="${STACK_TIMEOUT:-120}"
+HEARTBEAT="${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}"
 export STACK_DIR STACK_ENV_FILE="$ENV_FILE" NANIO_BIN="${NANIO_BIN:-$BIN/nanio}"
 
 die() { echo "stack.sh: error: $*" >&2; exit 1; }
@@ -161,6 +165,23 @@ deploy_prefect() {  # apply prefect.yaml unless the same file was already applie
     say "Prefect: deployments applied from $PROJECT_DIR/prefect.yaml ($(since "$t0") s)"
 }
 
+apply_automations() {  # the shipped automations (zombie flow runs → Crashed), unless applied to this server
+    local stamp="$RUN/automations" want t0 out
+    want="$PREFECT_PORT $(cat "$ROOT"/infra/prefect/automations/*.yaml | sha256sum | cut -d' ' -f1)"
+    if [[ "$(cat "$stamp" 2>/dev/null)" == "$want" && "${1:-}" != force ]]; then
+        say "Prefect: automations from $ROOT/infra/prefect/automations already applied"
+        return 0
+    fi
+    t0="$(now)"
+    if ! out="$(cd "$ROOT" && prefect_env "$BIN/python" -m flows.automations 2>>"$LOGS/prefect-deploy.log")"; then
+        tail -n 15 "$LOGS/prefect-deploy.log" >&2
+        die "could not apply the Prefect automations of $ROOT/infra/prefect/automations"
+    fi
+    echo "$want" >"$stamp"
+    while IFS= read -r line; do say "$line"; done <<<"$out"
+    say "Prefect: automations applied ($(since "$t0") s)"
+}
+
 ensure_pool() {
     if curl -fsS -o /dev/null -m 3 "$PREFECT_API/work_pools/$POOL" 2>/dev/null; then
         return 0
@@ -216,12 +237,14 @@ cmd_up() {
     # 4. work pool, deployments, worker (while MLflow still boots). The worker starts in an empty directory:
     #    each flow run clones the git remote (prefect.yaml pull step); it gets MLflow, S3 and the DVC remote.
     ensure_pool
-    if [[ "$started_prefect" != no ]]; then deploy_prefect force; else deploy_prefect; fi
+    if [[ "$started_prefect" != no ]]; then deploy_prefect force; apply_automations force
+    else deploy_prefect; apply_automations; fi
     if ! ctl running worker; then
         t0="$(now)"
         mkdir -p "$WORKER_DIR"
         MLOPS_DVC_REMOTE="s3://dvc-store/$DVC_PREFIX" MLFLOW_TRACKING_URI="$MLFLOW_URL" AWS_ENDPOINT_URL="$S3_URL" \
             AWS_ACCESS_KEY_ID="$ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$SECRET_KEY" AWS_DEFAULT_REGION=us-east-1 \
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY="$HEARTBEAT" \
             prefect_env ctl launch worker "$WORKER_DIR" "$BIN/prefect" worker start --pool "$POOL" --type process
         ctl wait worker || exit 1
         say "Prefect worker: running (pid $(ctl pid worker)) in $WORKER_DIR, pool $POOL ready ($(since "$t0") s)"
@@ -236,6 +259,7 @@ cmd_env() {
     echo "# the local stack (infra/local/stack.sh); the S3 secret is read from its file, never printed"
     echo "export MLFLOW_TRACKING_URI=$MLFLOW_URL"
     echo "export PREFECT_API_URL=$PREFECT_API"
+    echo "export PREFECT_FLOWS_HEARTBEAT_FREQUENCY=$HEARTBEAT"
     echo "export AWS_ENDPOINT_URL=$S3_URL"
     echo "export AWS_ACCESS_KEY_ID=$ACCESS_KEY"
     if [[ -n "${NANIO_ACCESS_KEY:-}" && -n "${NANIO_SECRET_KEY:-}" ]]; then
@@ -257,7 +281,7 @@ cmd_remote() {
 
 case "${1:-}" in
     up) cmd_up ;;
-    down) ctl down; rm -f "$RUN/deployed" ;;
+    down) ctl down; rm -f "$RUN/deployed" "$RUN/automations" ;;
     status) ctl status ;;
     env) cmd_env ;;
     remote) shift; cmd_remote "$@" ;;

@@ -40,7 +40,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _recover(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}@{_HOST}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent))
     tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
@@ -65,10 +65,23 @@ def _recover(target: Path) -> None:
     old = target.with_name(f".{target.name}.old")
     if old.is_dir() and not target.exists():
         old.rename(target)  # killed mid-swap: the previous complete output is still whole
+    _sweep_stale(target)
+
+
+def _temp_prefix(target: Path) -> str:
+    """The name prefix of this process's temp files/dirs beside `target` (its pid: see _sweep_stale)."""
+    return f".{target.name}.tmp-{os.getpid()}@{_HOST}."
+
+
+def _sweep_stale(target: Path) -> None:
+    """Remove the temp files/dirs beside `target` of writers on this host that are gone (killed outright)."""
     for stale in target.parent.glob(f".{target.name}.tmp-*@{_HOST}.*"):
         pid = stale.name[len(f".{target.name}.tmp-") :].split("@", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 def pid_alive(pid: int) -> bool:
@@ -84,10 +97,15 @@ def pid_alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temp file path beside `target`, renamed over it only if the block succeeds."""
+    """Yield a temp file path beside `target`, renamed over it only if the block succeeds.
+
+    The temp file's name carries the writer's pid: a writer killed outright leaves it behind, and the next
+    atomic_path of the same target removes it (as atomic_dir does for its temp dirs).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
+    _sweep_stale(target)
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=target.suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     tmp.chmod(0o666 & ~_umask())

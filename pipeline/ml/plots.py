@@ -1,10 +1,12 @@
-"""Plots saved as PNG files (matplotlib, headless)."""
+"""Plots saved as PNG files (matplotlib, headless), atomically."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.core import io
 
 
 def _pyplot():
@@ -30,8 +32,8 @@ def training_curves(history: dict[str, list[float]], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with io.atomic_path(path) as tmp:  # a kill mid-save leaves the previous PNG, never a torn one
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -62,7 +64,7 @@ def confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path, title: 
                     color="white" if norm[i, j] > 0.5 else "black",
                 )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with io.atomic_path(path) as tmp:  # a kill mid-save leaves the previous PNG, never a torn one
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path

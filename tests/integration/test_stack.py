@@ -9,6 +9,7 @@ The tests run in file order and build on each other's state (pytest -x stops at 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -335,6 +336,105 @@ def _register_with_services_down(stack, out, fail_fast) -> None:
     print(f"[stack] mlops register with S3 down behind MLflow failed after {time.monotonic() - started:.1f} s: "
           f"{output.strip().splitlines()[-1][:300]}")
     stack.up()
+
+
+# ------------------------------------------------------------------------------------------------ zombie flow run
+
+DRILL_FLOW = """import time
+
+from prefect import flow
+
+
+@flow
+def zombie_drill(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+"""
+DRILL_WINDOW = 45  # the automation's window in this drill (the shipped file: 240 s); heartbeats every 30 s
+
+
+def test_a_zombie_flow_run_whose_worker_host_died_is_crashed_and_a_rerun_completes(stack, tmp_path):
+    """The worker and its flow-run process are killed with SIGKILL, as when their machine or container dies: the
+    run's heartbeats stop, the automation `up` applied (infra/prefect/automations/zombie-flow-runs.yaml) marks it
+    Crashed instead of leaving it Running forever; `up` restarts the worker and a rerun completes."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import automations
+
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{stack.prefect_port}/api"}):
+        shipped = automations.load(automations.ZOMBIE_FLOW_RUNS).name
+        # `up` created it; the drill shortens its window (same code path as `up`), and restores it at the end
+        assert automations.apply([automations.ZOMBIE_FLOW_RUNS], within=DRILL_WINDOW) == {shipped: "updated"}
+        try:
+            seconds = _zombie_drill(stack, tmp_path)
+        finally:
+            automations.apply([automations.ZOMBIE_FLOW_RUNS])  # back to the shipped window
+        assert automations.apply() == {shipped: "unchanged"}, "applying the shipped files again changes nothing"
+    print(f"\n[stack] flow run Crashed {seconds:.1f} s after its worker died (window {DRILL_WINDOW} s)")
+
+
+def _zombie_drill(stack, tmp_path) -> float:
+    """Deploy the drill flow, kill its run's worker and process, wait for Crashed, rerun; seconds to Crashed."""
+    from prefect import flow, get_client
+    from prefect.deployments import run_deployment
+
+    source = tmp_path / "drill"
+    source.mkdir()
+    (source / "zombie_drill.py").write_text(DRILL_FLOW)
+    flow.from_source(source=str(source), entrypoint="zombie_drill.py:zombie_drill").deploy(
+        name="zombie-drill", work_pool_name="mlops-process", print_next_steps=False, ignore_warnings=True)
+    run = run_deployment("zombie-drill/zombie-drill", parameters={"seconds": 900}, timeout=0, as_subflow=False)
+    worker = stack.pid("worker")
+    with get_client(sync_client=True) as client:
+        try:
+            seconds = _crash_and_wait(stack, client, run.id)
+        finally:  # a flow-run process outlives its worker (own session) and `down`: never leave one behind
+            pid = client.read_flow_run(run.id).infrastructure_pid
+            with contextlib.suppress(ProcessLookupError, ValueError, TypeError):
+                os.killpg(os.getpgid(int(pid)), signal.SIGKILL)
+
+    stack.up()  # restarts what is not running: the worker
+    assert stack.pid("worker") not in (None, worker)
+    rerun = run_deployment("zombie-drill/zombie-drill", parameters={"seconds": 1}, timeout=300, as_subflow=False)
+    assert rerun.state.is_completed(), rerun.state
+    return seconds
+
+
+def _crash_and_wait(stack, client, run_id) -> float:
+    """Once the run is Running and heartbeating: kill -9 its worker, then its process; seconds until Crashed."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    def running_and_beating():
+        current = client.read_flow_run(run_id)
+        beats = EventFilter(event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),  # its `until` is now
+                            resource=EventResourceFilter(id=[f"prefect.flow-run.{run_id}"]))
+        return (current.state.is_running() and current.infrastructure_pid
+                and client.read_events(beats, limit=1).events and current)
+
+    current = _wait_for(running_and_beating, 180, "the drill run to be Running with a heartbeat")
+    run_pid = int(current.infrastructure_pid)
+    _kill_group(stack.pid("worker"))
+    os.kill(run_pid, 0)  # still there: the flow-run process lives in its own session, apart from its worker
+    _kill_group(os.getpgid(run_pid))  # its host is gone too
+    killed = time.monotonic()
+    assert client.read_flow_run(run_id).state.is_running()
+    crashed = _wait_for(lambda: (fr := client.read_flow_run(run_id)).state.is_final() and fr,
+                        DRILL_WINDOW + 60, "the silent run to reach a final state")
+    seconds = time.monotonic() - killed
+    assert crashed.state.is_crashed(), crashed.state
+    assert "heartbeat" in (crashed.state.message or ""), crashed.state.message
+    assert seconds <= DRILL_WINDOW + 30, f"Crashed only {seconds:.0f} s after the kill"
+    return seconds
+
+
+def _wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 # ------------------------------------------------------------------------------------------------ down

@@ -1,25 +1,21 @@
 """Faults injected into real runs: each one recovers or fails clearly; nothing is lost, nothing half-promoted.
 
-* `kill -9` of `mlops train` mid-epoch → the next run resumes from the BackupAndRestore checkpoint (also when the
-  kill tore the checkpoint file being written) and ends where an uninterrupted run ends;
-* `kill -9` of `mlops compress` → models/compressed is still the previous complete output; a rerun completes;
+* (`kill -9` of `mlops train`, `mlops compress` and `dvc repro` at seeded random moments: test_fault_trials_stages.py)
 * `kill -9` of `mlops register` while logging → no model version without its files; a rerun completes;
 * the S3 server stops during a publish → clear StageError, the live pointer still valid, a retry completes;
 * the MLflow server is down → register / promote fail at the first call, quickly, clearly, having written nothing;
 * two training flows on one workspace → the second refuses (WorkspaceBusy), dvc.lock and params.yaml untouched.
 
-Not covered here: killing a Prefect *worker* mid-run (server + deployments + worker need > 90 s on 2 cores);
-tests/e2e runs that stack.
+A Prefect worker (and its flow-run process) killed mid-run → the zombie-run automation marks the run Crashed and a
+rerun completes: tests/integration/test_stack.py, on the stack's real server and worker.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,208 +23,10 @@ import pytest
 import yaml
 
 from pipeline.core import io
-from tests.helpers import write_ingested
-from tests.model.test_model_stages import _patterns
 from tests.reliability.common import (ROOT, bump, cli, kill_group, make_register_workspace, snapshot, start,
-                                      subprocess_env, temp_leftovers, wait_for, write_yaml)
+                                      subprocess_env, wait_for)
 
 pytestmark = pytest.mark.integration
-
-EPOCHS = 6
-PARAMS = {
-    "seed": 0,
-    # 3,000 16x16 images, batch 32: ~0.7 s per epoch on 2 cores, far longer than the 20 ms kill poll.
-    "train": {"model": "fast_net", "width": 8, "epochs": EPOCHS, "batch_size": 32, "learning_rate": 0.01,
-              "augment": {"flip": False, "translate": 0.0}},
-    "compress": {"target_sparsity": 0.5, "fine_tune_epochs": 1, "pruning_frequency": 2, "representative_samples": 20},
-}
-CLASSES = ["left", "middle", "right"]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    from pipeline.stages import preprocess
-    from pipeline.core.config import PreprocessConfig
-
-    root = tmp_path_factory.mktemp("faults-data")
-    write_ingested(root / "ingested", {"train": _patterns(1000, 1), "val": _patterns(30, 2),
-                                       "test": _patterns(20, 3), "stream": _patterns(5, 4)}, CLASSES)
-    preprocess.run(PreprocessConfig(channels=1), root / "ingested", root / "prepared")
-    write_yaml(root / "params.yaml", PARAMS)
-    return root
-
-
-def _reference_run(prepared: Path) -> dict:
-    """The uninterrupted run (same data, params and seed), in-process; its model feeds the compress test."""
-    from pipeline.stages import train
-    from pipeline.core.config import TrainConfig
-
-    out = prepared / "reference"
-    metrics = train.run(TrainConfig(**PARAMS["train"]), PARAMS["seed"], prepared / "prepared", out / "model.keras",
-                        out / "train.json", out / "plots", out / "backup")
-    return {"metrics": metrics, "model": out / "model.keras"}
-
-
-def _train_cmd(prepared: Path, work: Path) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", "train", "--params", str(prepared / "params.yaml"),
-            "--data", str(prepared / "prepared"), "--model", str(work / "model.keras"),
-            "--metrics", str(work / "train.json"), "--plots", str(work / "plots"), "--backup", str(work / "backup")]
-
-
-def _checkpoint_epoch(work: Path) -> int:
-    """Epochs completed according to the BackupAndRestore metadata (0 while none / while being written)."""
-    try:
-        return int(json.loads((work / "backup" / "state" / "training_metadata.json").read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def _history_epochs(path: Path) -> list[int]:
-    with open(path) as fh:
-        return [int(row["epoch"]) for row in csv.DictReader(fh)]
-
-
-@pytest.fixture(scope="module")
-def training_runs(prepared, tmp_path_factory) -> dict:
-    """`mlops train` killed with SIGKILL in its 3rd epoch (after the 2nd epoch's checkpoint was written) while the
-    uninterrupted reference trains in-process; then two resumed runs, concurrently, from copies of what the killed
-    process left on disk: as is, and with the checkpoint file torn as by a kill during its write."""
-    work = tmp_path_factory.mktemp("killed-train")
-    log = work / "killed.log"
-    proc = start(_train_cmd(prepared, work), work, subprocess_env(), log)
-    killer_error: list[BaseException] = []
-
-    def kill_after_second_epoch() -> None:
-        try:
-            wait_for(lambda: _checkpoint_epoch(work) >= 2, 240, "the 2nd epoch's checkpoint", proc=proc, log=log)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            killer_error.append(exc)
-        finally:
-            kill_group(proc)  # kill -9, mid-epoch 3
-
-    killer = threading.Thread(target=kill_after_second_epoch)
-    killer.start()
-    try:
-        reference = _reference_run(prepared)
-    finally:
-        killer.join(300)
-    if killer_error:
-        raise killer_error[0]
-    completed = _checkpoint_epoch(work)
-    assert 2 <= completed < EPOCHS, f"the kill did not land mid-run (checkpoint after epoch {completed})"
-    assert not (work / "model.keras").exists() and not (work / "train.json").exists(), "half-written outputs"
-    rows = _history_epochs(work / "backup" / "history.csv")  # the CSV row is written just before the checkpoint
-    assert rows in (list(range(completed)), list(range(completed + 1))), rows
-
-    def tear(state: Path) -> None:  # weights torn mid-write; the metadata not yet updated (written after them)
-        weights = state / "latest.weights.h5"
-        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
-        shutil.copy(state / "training_metadata.json.bkp", state / "training_metadata.json")
-
-    runs = {}
-    for kind, damage in (("resumed", None), ("torn", tear)):
-        run_dir = tmp_path_factory.mktemp(kind)
-        shutil.copytree(work / "backup", run_dir / "backup")  # the state the killed process left on disk
-        if damage:
-            damage(run_dir / "backup" / "state")
-        runs[kind] = (run_dir, subprocess.Popen(_train_cmd(prepared, run_dir), cwd=run_dir, env=subprocess_env(),
-                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                                start_new_session=True))
-    results = {}
-    for kind, (run_dir, resumed) in runs.items():
-        try:
-            output, _ = resumed.communicate(timeout=300)
-        finally:
-            kill_group(resumed)
-        results[kind] = (run_dir, resumed.returncode, output)
-    return {"reference": reference, "completed": completed, **results}
-
-
-@pytest.fixture(scope="module")
-def reference(training_runs) -> dict:
-    return training_runs["reference"]
-
-
-def _assert_resumed(run: tuple, reference: dict, first_epoch: int) -> dict:
-    work, returncode, output = run
-    assert returncode == 0, output[-3000:]
-    metrics = io.read_json(work / "train.json")
-    assert metrics["resumed"] is True
-    assert metrics["epochs_run_this_process"] == EPOCHS - first_epoch, metrics  # epochs continue, none repeated
-    assert _history_epochs(work / "plots" / "history.csv") == list(range(EPOCHS)), "each epoch exactly once"
-    assert abs(metrics["val_accuracy"] - reference["metrics"]["val_accuracy"]) <= 0.05, (metrics, reference)
-    assert not (work / "backup").exists(), "the checkpoint is removed once the run completed"
-    return metrics
-
-
-def test_training_killed_mid_epoch_resumes_and_matches_an_uninterrupted_run(training_runs, tally):
-    bump(tally, "faults_injected")
-    _assert_resumed(training_runs["resumed"], training_runs["reference"], first_epoch=training_runs["completed"])
-    bump(tally, "faults_survived")
-
-
-def test_training_killed_while_writing_its_checkpoint_falls_back_to_the_previous_one(training_runs, tally):
-    """A kill during the checkpoint write leaves a torn weights file and the previous metadata on disk: the run
-    resumes from the checkpoint before it (repeating one epoch, recorded once)."""
-    bump(tally, "faults_injected")
-    _assert_resumed(training_runs["torn"], training_runs["reference"], first_epoch=training_runs["completed"] - 1)
-    bump(tally, "faults_survived")
-
-
-# --------------------------------------------------------------------------------------------- compress
-
-
-class _Output(threading.Thread):
-    """Reads a process's output line by line (to a log) and signals when a line contains `marker`."""
-
-    def __init__(self, proc: subprocess.Popen, log: Path, marker: str):
-        super().__init__(daemon=True)
-        self.proc, self.log, self.marker, self.seen = proc, log, marker, threading.Event()
-
-    def run(self) -> None:
-        with open(self.log, "w") as out:
-            for line in self.proc.stdout:
-                out.write(line)
-                out.flush()
-                if self.marker in line:
-                    self.seen.set()
-
-
-def test_compress_killed_mid_run_leaves_the_previous_output_and_reruns(prepared, reference, tmp_path, tally):
-    from pipeline.stages import compress
-    from pipeline.core.config import CompressConfig
-
-    bump(tally, "faults_injected")
-    out, metrics = tmp_path / "models" / "compressed", tmp_path / "metrics" / "compress.json"
-    # the previous complete output (a cheap configuration: no pruning)
-    compress.run(CompressConfig(target_sparsity=0.0, fine_tune_epochs=0, representative_samples=10), 0,
-                 prepared / "prepared", reference["model"], out, tmp_path / "previous.json")
-    previous = snapshot(out)
-    assert set(previous) == {"pruned.keras", *(f"{v}.tflite" for v in compress.VARIANTS)}
-    cmd = [sys.executable, "-m", "pipeline.cli", "compress", "--params", str(prepared / "params.yaml"),
-           "--data", str(prepared / "prepared"), "--model", str(reference["model"]), "--out", str(out),
-           "--metrics", str(metrics)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    reader = _Output(proc, tmp_path / "killed.log", "converted fp16")
-    reader.start()
-    try:
-        assert reader.seen.wait(240), (tmp_path / "killed.log").read_text()[-3000:]
-    finally:
-        kill_group(proc)  # kill -9 with pruned.keras, fp32 and fp16 written to the temp dir
-    reader.join(10)
-    assert snapshot(out) == previous, "models/compressed must still be the previous complete output"
-    assert temp_leftovers(out), "the killed run wrote into a temp dir beside it"
-    assert not metrics.exists()
-
-    rerun = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    result = io.read_json(metrics)
-    for variant, info in result["variants"].items():
-        assert io.sha256_file(out / f"{variant}.tflite") == info["sha256"]
-    assert result["pruning"]["achieved_sparsity"] > 0.4 and snapshot(out) != previous
-    assert not temp_leftovers(out), "the rerun cleans up what the killed writer left"
-    bump(tally, "faults_survived")
 
 
 # --------------------------------------------------------------------------------------------- register
