@@ -237,13 +237,13 @@ def serving(s: dict) -> list[Row]:
     one, share = s.get("target_single_32_clients", {}), s.get("target_batch32_share_of_raw", {})
     return [
         _row(
-            "serving, 32 clients, single-image JSON: req/s, p99",
+            f"serving, 32 clients, single-image {one.get('body', 'JSON')} requests: req/s, p99",
             f"{num(one.get('requests_per_second'), 0)} req/s, p99 {num(one.get('p99_ms'), 1)} ms",
             "≥ 2,000 req/s and p99 ≤ 50 ms",
             one.get("met"),
         ),
         _row(
-            "serving, 32-image JSON requests ÷ raw interpreter batch-32 images/s",
+            f"serving, 32-image {share.get('body', 'JSON')} requests ÷ raw interpreter batch-32 images/s",
             num(share.get("share"), 3, (">=", 0.5)),
             "≥ 0.5",
             share.get("met"),

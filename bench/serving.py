@@ -10,8 +10,9 @@ generator included): (a) 32 clients single-image >= 2,000 req/s with p99 <= 50 m
 the verdict on the best binary body (.npy or PNG, whichever has the higher req/s among those meeting p99, else the
 higher req/s); (b) 32-image binary (.npy) requests >= 50 % of the raw batch-32 images/s.
 
-The first run of this version keeps the figures already in results.json's "serving" section (the old JSON-only
-server, measured at commit 42aaad6) under the new section's "before" key; later runs carry that "before" along.
+The "before" key holds the old JSON-only server (commit 42aaad6) on the same workspace: `--before FILE` takes it
+from the "serving" section FILE's old bench/serving.py wrote (run it from a checkout of 42aaad6 on this machine,
+just before this run, so both sides share the machine); without it, the previous section's "before" is carried.
 """
 
 from __future__ import annotations
@@ -180,8 +181,13 @@ def _targets(rows: list[dict], raw: dict) -> dict:
     }
 
 
-def _before() -> dict | None:
-    """The 'before' figures to keep: the old section's own 'before', else the old section itself (the old server)."""
+def _before(measured: Path | None) -> dict | None:
+    """The 'before' figures: the old server's section in `measured`, else the one results.json already carries."""
+    if measured is not None:
+        old = json.loads(measured.read_text()).get("serving")
+        if not isinstance(old, dict) or "before" in old:
+            raise SystemExit(f"{measured}: no 'serving' section written by the old (42aaad6) bench/serving.py")
+        return {"server": f"JSON-only server before issue 12 (commit {BEFORE_COMMIT})", **old}
     old = json.loads(RESULTS.read_text()).get("serving") if RESULTS.is_file() else None
     if not isinstance(old, dict):
         return None
@@ -200,6 +206,7 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=None, help="mlops serve --workers (default: params.yaml)")
     parser.add_argument("--threads", type=int, default=None, help="mlops serve --threads (default: params.yaml)")
+    parser.add_argument("--before", type=Path, default=None, help="results.json of the old server's run (see above)")
     args = parser.parse_args()
     if shutil.which("hey") is None:
         raise SystemExit("needs `hey` (Debian package hey): apt-get install hey")
@@ -219,7 +226,7 @@ def main() -> None:
         "batch_max_images": deploy.batch_max_images,
         "batch_max_wait_ms": deploy.batch_max_wait_ms,
     }
-    before = _before()
+    before = _before(args.before)
     rows = _measure(workspace, _write_bodies(x, Path(tempfile.mkdtemp(prefix="bench-serving-"))), args)
     options = "".join(
         f" --{k} {v}" for k, v in (("alias", args.alias), ("workers", args.workers), ("threads", args.threads)) if v
