@@ -46,7 +46,7 @@ $(INSTALLED): pyproject.toml
 dataset: setup  ## data/raw/fashion-mnist as data/raw/fashion-mnist.dvc pins it: dvc pull, else the Debian package
 	$(BIN)/python infra/local/dataset.py
 
-test: setup dataset  ## the full test suite (unit, data, model, integration)
+test: setup dataset bench-tools  ## the full test suite (unit, data, model, integration; hey for the serving latency check)
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-fast: setup  ## everything but the integration tier

@@ -308,13 +308,16 @@ def test_reload_swaps_to_new_version_and_refuses_a_tampered_one(client, cfg, nam
     assert client.post("/reload").json() == {"reloaded": False, "version": "1"}
     x = sample_images(4, seed=7)
     errors: list[str] = []
-    stop = threading.Event()
+    stop, after_reload = threading.Event(), threading.Event()
+    served_v2 = threading.Semaphore(0)
 
     def hammer():  # requests in flight during the swap must all succeed
         while not stop.is_set():
             resp = client.post("/predict", json={"instances": x.tolist()})
             if resp.status_code != 200:
                 errors.append(resp.text)
+            elif after_reload.is_set() and resp.json()["version"] == "2":
+                served_v2.release()
 
     threads = [threading.Thread(target=hammer) for _ in range(3)]
     for t in threads:
@@ -322,8 +325,10 @@ def test_reload_swaps_to_new_version_and_refuses_a_tampered_one(client, cfg, nam
     try:
         _publish(cfg, name, "2", tflites[1])
         result = client.post("/reload").json()
+        after_reload.set()
+        for _ in threads:  # the hammers keep going until they have been answered by the new version
+            assert served_v2.acquire(timeout=30), "no request was answered by v2 after the reload"
     finally:
-        time.sleep(0.2)
         stop.set()
         for t in threads:
             t.join(timeout=30)

@@ -27,6 +27,12 @@ _LABELS = [
     ("requests_per_second", "throughput (requests/s)"),
     ("p50_ms", "good-request latency p50 (ms)"),
     ("p99_ms", "good-request latency p99 (ms)"),
+    ("unloaded_p50_ms", "hey, 1 client: latency p50 (ms)"),
+    ("hey_rps_1", "hey, 1 client: requests/s"),
+    ("hey_rps_32", "hey, 32 clients: requests/s"),
+    ("rps_32_over_1", "hey: requests/s at 32 clients ÷ at 1 client (minimum 1.0)"),
+    ("hey_p99_ms_32", "hey, 32 clients: latency p99 (ms)"),
+    ("p99_over_unloaded_p50", "hey: p99 at 32 clients ÷ p50 at 1 client (limit 256)"),
     ("versions_seen", "served versions during the champion change"),
 ]
 
