@@ -168,6 +168,16 @@ def _intent(client, model_name: str, by: str, reason: str, reviewed: str | None)
     return target, intent
 
 
+def _refuse_while_pending(model_name: str, action: str) -> None:
+    """StageError when an interrupted approval is pending: it is completed (approve again) before anything else."""
+    pending = pending_approval(model_name)
+    if pending is not None:
+        raise StageError(
+            f"{model_name}: an interrupted approval of v{pending[0].version} is pending; nothing was changed — "
+            f"complete it first (`mlops promote --approve`), then {action}."
+        )
+
+
 @store.reachable("approval")
 def approve(model_name: str, by: str, reason: str, reviewed: str | None = None) -> dict:
     """Champion ← challenger (previous ← old champion). Refuses anything evaluation did not bless, and — given the
@@ -204,6 +214,7 @@ def approve(model_name: str, by: str, reason: str, reviewed: str | None = None) 
 def reject(model_name: str, by: str, reason: str, reviewed: str | None = None) -> dict:
     """Tag the challenger as rejected and withdraw its alias; the version stays in the registry."""
     challenger = _pending_challenger(model_name, by, "reject", reviewed)
+    _refuse_while_pending(model_name, "reject")
     client = store.client()
     audit.fail_dangling(client, model_name)
     client.set_model_version_tag(model_name, challenger.version, "promotion.decision", "rejected")
@@ -215,6 +226,7 @@ def reject(model_name: str, by: str, reason: str, reviewed: str | None = None) -
 def rollback(model_name: str, by: str, reason: str) -> dict:
     """Champion ← previous; the rolled-back version becomes `previous` (so a second rollback undoes it)."""
     _require_name(by)
+    _refuse_while_pending(model_name, "roll back")
     client = store.client()
     audit.fail_dangling(client, model_name)
     previous = store.version_by_alias(model_name, PREVIOUS)

@@ -37,6 +37,25 @@ def reusable_version(model_name: str, key: str | None):
     return None
 
 
+def drop_retried_copies(model_name: str, key: str | None, run_id: str, version: str) -> str:
+    """The one version run `run_id` registered under lineage key `key`; copies are deleted.
+
+    MLflow's HTTP client retries every method, POST included: a create-version request whose response was lost
+    (a proxy's 502, a read timeout, a restarted worker) is sent again and the server creates a second version.
+    """
+    if not key:
+        return version
+    mine = sorted((mv for mv in lineage.find_by_key(model_name, key) if mv.run_id == run_id), key=_number)
+    for copy in mine[1:]:
+        log.warning("%s v%s duplicates v%s (a retried request): deleting it", model_name, copy.version, mine[0].version)
+        store.client().delete_model_version(model_name, copy.version)
+    return str(mine[0].version) if mine else version
+
+
+def _number(mv) -> int:
+    return int(mv.version)
+
+
 def complete(model_name: str, mv) -> dict:
     """Add what an interrupted registration of `mv` left out; the source run as {"run_id", "experiment_id"}.
 

@@ -91,7 +91,8 @@ def experiment_ids(client, names: Iterable[str]) -> list[str]:
 def fail_dangling(client, experiments: Iterable[str]) -> list[str]:
     """Mark FAILED every RUNNING run of `experiments` (ids) owned by a process of this host that is gone.
 
-    Each gets FAILED_TAG (when, why, who marked it). Returns the run ids marked.
+    Each gets FAILED_TAG (when, why, who marked it); the logged models it left PENDING are finalized FAILED.
+    Returns the run ids marked.
     """
     ids, here = list(experiments), host()
     if not ids:
@@ -107,8 +108,26 @@ def fail_dangling(client, experiments: Iterable[str]) -> list[str]:
         note = f"{clock.utc_iso()}: {reason}; marked FAILED by pid {os.getpid()}"
         client.set_tag(run.info.run_id, FAILED_TAG, note)
         client.set_terminated(run.info.run_id, "FAILED")
+        _fail_pending_models(client, run)
         marked.append(run.info.run_id)
     return marked
+
+
+def _fail_pending_models(client, run) -> None:
+    """Finalize as FAILED the logged models the dead run left PENDING (their upload never finished)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        models = client.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'", max_results=100
+        )
+    except MlflowException as exc:  # a tracking server older than MLflow 3 has no logged models
+        if exc.error_code not in ("ENDPOINT_NOT_FOUND", "NOT_IMPLEMENTED", "BAD_REQUEST"):
+            raise
+        return
+    for model in models:
+        if str(model.status) in ("PENDING", "LoggedModelStatus.PENDING"):
+            client.finalize_logged_model(model.model_id, "FAILED")
 
 
 def owner_gone(run) -> bool:

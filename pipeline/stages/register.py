@@ -223,15 +223,16 @@ def _register(params: Params, params_path: Path, inputs: dict, key: str | None, 
         info = _log_models(mlflow, params.paths, inputs["stats"], variant)
         # one call creates the version with all of its tags: no window in which it lacks its key or its run
         version_tags = {**tags, registration.SOURCE_RUN_TAG: run.info.run_id}
-        version = mlflow.register_model(info.model_uri, reg.model_name, tags=version_tags)
-        mlflow.set_tag(registration.REGISTERED_TAG, version.version)
+        created = mlflow.register_model(info.model_uri, reg.model_name, tags=version_tags).version
+        version = registration.drop_retried_copies(reg.model_name, key, run.info.run_id, str(created))
+        mlflow.set_tag(registration.REGISTERED_TAG, version)
     return {
         "model_name": reg.model_name,
-        "version": int(version.version),
+        "version": int(version),
         "alias": None,
         "blessed": blessed,
         "run_id": run.info.run_id,
-        "model_uri": f"models:/{reg.model_name}/{version.version}",
+        "model_uri": f"models:/{reg.model_name}/{version}",
         "experiment_id": experiment_id,
         "deploy_variant": variant,
         "lineage_key": key,

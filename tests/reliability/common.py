@@ -198,10 +198,12 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120) -> float:
-        """Start the server and wait until /health answers; the seconds it took."""
+        """Start the server (unless it runs) and wait until /health answers; the seconds it took."""
         import sys
         import urllib.request
 
+        if self.proc is not None and self.proc.poll() is None:
+            return 0.0  # still running: a second server could not bind the port, and this one would be orphaned
         t0 = time.monotonic()
         bin_dir = Path(sys.executable).parent
         cmd = [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",

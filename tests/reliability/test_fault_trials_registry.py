@@ -321,7 +321,7 @@ def test_mlflow_server_killed_during_register(seed, services, template, tmp_path
     bump(tally, "faults_injected")
     log = tmp_path / "faulted.log"
     rc, trial.killed = run_with_fault(MLOPS + ["register"], work, env, log, trial.kill_at, services.mlflow.kill)
-    services.mlflow.start()  # same port, database and artifacts
+    services.mlflow.start()  # when it was killed: same port, database and artifacts
     invariants = registry_invariants(services.mlflow, name, tmp_path / "check")
     trial.check({**invariants, "failed clearly (exit 2, no traceback)": lambda: _failed_clearly(rc, log)},
                 "after server kill")

@@ -63,6 +63,17 @@ def test_an_incomplete_version_is_deleted_not_reused(mlflow_store, tmp_path):
     assert not store.client().search_model_versions(f"name='{NAME}' and version_number={version}")
 
 
+def test_copies_of_a_retried_create_request_are_dropped(mlflow_store, tmp_path):
+    version, run_id = _killed_registration(tmp_path, "k4")
+    client = store.client()
+    copy = client.create_model_version(NAME, f"runs:/{run_id}/classifier", run_id, tags={"lineage.key": "k4"})
+    other_run = client.create_model_version(NAME, "file:///elsewhere", None, tags={"lineage.key": "k4"})
+    assert registration.drop_retried_copies(NAME, "k4", run_id, copy.version) == version
+    left = {mv.version for mv in client.search_model_versions(f"name='{NAME}'")}
+    assert str(copy.version) not in {str(v) for v in left} and str(other_run.version) in {str(v) for v in left}
+    assert registration.drop_retried_copies(NAME, None, run_id, "7") == "7"
+
+
 def test_an_interrupted_approval_is_completed_once(mlflow_store):
     v1 = _version(0.90, True)
     promotion.approve(NAME, "alice", "first")
@@ -74,6 +85,9 @@ def test_an_interrupted_approval_is_completed_once(mlflow_store):
     client.set_registered_model_alias(NAME, "previous", v1)
     client.set_registered_model_alias(NAME, "champion", v2)
     assert promotion.compare(NAME)["challenger"]["version"] == v2  # what the approver reviews on the rerun
+    for decide in (lambda: promotion.reject(NAME, "carol", "no"), lambda: promotion.rollback(NAME, "carol", "no")):
+        with pytest.raises(StageError, match=f"interrupted approval of v{v2} is pending"):
+            decide()
     with pytest.raises(StageError, match=f"interrupted approval of v{v2}"):
         promotion.approve(NAME, "carol", "other", reviewed=v1)
     record = promotion.approve(NAME, "carol", "rerun")

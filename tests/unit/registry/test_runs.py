@@ -76,6 +76,8 @@ def test_fail_dangling_marks_only_this_hosts_runs_whose_process_is_gone(mlflow_s
     ids = {name: client.create_run(experiment, tags=tags, run_name=name).info.run_id for name, tags in cases.items()}
     finished = client.create_run(experiment, tags=dead).info.run_id
     client.set_terminated(finished, "FINISHED")
+    pending = client.create_logged_model(experiment, source_run_id=ids["dead owner"]).model_id  # upload cut short
+    live_pending = client.create_logged_model(experiment, source_run_id=ids["live owner"]).model_id
 
     assert runs.fail_dangling(client, [experiment]) == [ids["dead owner"]]
     failed = client.get_run(ids["dead owner"])
@@ -83,5 +85,7 @@ def test_fail_dangling_marks_only_this_hosts_runs_whose_process_is_gone(mlflow_s
     for name in ("live owner", "other host", "no owner"):
         assert client.get_run(ids[name]).info.status == "RUNNING", name
     assert client.get_run(finished).info.status == "FINISHED"
+    assert str(client.get_logged_model(pending).status).endswith("FAILED")
+    assert str(client.get_logged_model(live_pending).status).endswith("PENDING")
     assert runs.fail_dangling(client, [experiment]) == []  # idempotent
     assert runs.fail_dangling(client, []) == []
