@@ -9,16 +9,15 @@ One parser per body kind, chosen by Content-Type:
 
 Images are decoded exactly as ingest decodes an image folder (`pipeline.data.image_folder.decode_image`: L or RGB,
 bilinear resize) to the model's (H, W, C), then through preprocess's `convert_channels`; uint8 arrays with the
-other channel count are converted by `convert_channels` too. Anything malformed raises `RequestError` (4xx) whose
-message names the problem.
+other channel count are converted by `convert_channels` too. Only bytes with the PNG or JPEG signature reach the
+image decoder; .npy bodies are read by `pipeline.delivery.npyfile` (header checked before any memory is set aside,
+object arrays never unpickled). Anything malformed raises `RequestError` (4xx) whose message names the problem.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import re
 
 import numpy as np
 import orjson
@@ -27,6 +26,7 @@ from pipeline.data.image_folder import ImageDecodeError, ImageTooLargeError, dec
 from pipeline.data.images import convert_channels
 from pipeline.delivery.fastjson import numeric_instances
 from pipeline.delivery.multipart import MultipartError, split_multipart
+from pipeline.delivery.npyfile import MAGIC as NPY_MAGIC, NpyError, read_npy
 
 JSON, IMAGE, NPY, MULTIPART = "json", "image", "npy", "multipart"
 KINDS = {
@@ -40,8 +40,7 @@ KINDS = {
 }
 ACCEPTED = "application/json, image/png, image/jpeg, multipart/form-data, application/x-npy"
 MAX_IMAGE_PIXELS = 4096 * 4096  # a decoded image larger than this is refused (413) before it is decoded
-NPY_MAGIC = b"\x93NUMPY"
-_NPY_HEADER = re.compile(rb"\{'descr': '([<|]u1|<f[248])', 'fortran_order': False, 'shape': \(([\d, ]*)\), \}\s*")
+SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # PNG, JPEG: the only formats handed to the decoder
 
 
 class RequestError(Exception):
@@ -66,12 +65,11 @@ def check_pixels(x: np.ndarray, what: str) -> np.ndarray:
     """`x` as float32 after checking every value is finite and within 0–255 (RequestError 400 otherwise)."""
     if x.dtype == np.uint8:
         return x.astype(np.float32)
-    x = x.astype(np.float32, copy=False)
     if not np.all(np.isfinite(x)):
         raise RequestError(400, f"{what} contain NaN or infinite values")
-    if x.size and (x.min() < 0 or x.max() > 255):
+    if x.size and (x.min() < 0 or x.max() > 255):  # checked before the cast, where 1e39 would become inf
         raise RequestError(400, f"pixel values must lie in 0–255, got {float(x.min()):g}…{float(x.max()):g}")
-    return x
+    return x.astype(np.float32, copy=False)
 
 
 def parse_json(body: bytes, shape: tuple[int, ...]) -> np.ndarray:
@@ -79,14 +77,38 @@ def parse_json(body: bytes, shape: tuple[int, ...]) -> np.ndarray:
     fast = numeric_instances(body, shape)
     if fast is not None:
         return check_pixels(fast, "instances")
+    if not body.strip():
+        raise RequestError(400, 'the body is empty; send a JSON object like {"instances": [...]}')
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         try:  # the standard parser reads NaN/Infinity literals, so they get their own message below
             payload = json.loads(body)
+        except RecursionError:  # orjson stops at 1024 levels, the standard parser at the interpreter's limit
+            raise RequestError(400, "the JSON body nests too deeply; an image is at most 3 levels of lists") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestError(400, f"the body is not valid JSON: {exc}") from None
     return parse_instances(payload, shape)
+
+
+def _depth(value: object) -> int:
+    """How many lists deep the first elements nest ([[[1]]] → 3): checked before numpy walks the whole."""
+    depth = 0
+    while isinstance(value, list) and value:
+        value, depth = value[0], depth + 1
+    return depth
+
+
+def _has_bool(value: list) -> bool:
+    """True when a JSON true/false hides among numbers (numpy would read it as 1/0)."""
+    stack = [value]
+    while stack:
+        for item in stack.pop():
+            if isinstance(item, list):
+                stack.append(item)
+            elif isinstance(item, bool):
+                return True
+    return False
 
 
 def parse_instances(payload, shape: tuple[int, ...]) -> np.ndarray:
@@ -99,12 +121,14 @@ def parse_instances(payload, shape: tuple[int, ...]) -> np.ndarray:
     if not isinstance(instances, list) or not instances:
         raise RequestError(400, '"instances" must be a non-empty list of images')
     expected = f"{list(shape)} (or a flat list of {math.prod(shape)} numbers)"
+    if (depth := _depth(instances)) > len(shape) + 1:
+        raise RequestError(400, f"instances nest {depth} lists deep; each instance must be {expected}")
     try:
         raw = np.asarray(instances)
     except ValueError:
         raise RequestError(400, f"instances have inconsistent shapes; each must be {expected}") from None
-    if raw.dtype == object or raw.dtype.kind not in "iuf":
-        raise RequestError(400, "instances must contain only numbers (pixel values 0–255)")
+    if raw.dtype == object or raw.dtype.kind not in "iuf" or _has_bool(instances):
+        raise RequestError(400, "instances must hold only numbers (pixel values 0–255), not text, null or true/false")
     x = check_pixels(raw, "instances")
     if x.shape[1:] == shape:
         return x
@@ -135,29 +159,12 @@ def _as_nhwc(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def _load_npy(body: bytes):
-    """The array of a .npy file; the common C-order uint8/float header is read directly (np.load's header parser
-    costs more than a small image's inference), anything else goes through np.load (no pickles).
-    """
-    if body.startswith(NPY_MAGIC + b"\x01\x00") and len(body) >= 10:
-        end = 10 + int.from_bytes(body[8:10], "little")
-        match = _NPY_HEADER.fullmatch(body, 10, end)
-        if match:
-            shape = tuple(int(d) for d in match.group(2).replace(b" ", b"").split(b",") if d)
-            return np.frombuffer(body, np.dtype(match.group(1).decode()), math.prod(shape), end).reshape(shape)
-    return np.load(io.BytesIO(body), allow_pickle=False)
-
-
 def parse_npy(body: bytes, shape: tuple[int, ...], what: str = "the body") -> np.ndarray:
     """A .npy array → float32 (N, *shape), or RequestError (uint8 arrays get their channels converted)."""
     try:
-        arr = _load_npy(body)
-    except (ValueError, OSError, EOFError) as exc:
+        arr = read_npy(body)
+    except NpyError as exc:
         raise RequestError(400, f"{what} is not a valid .npy array: {exc}") from None
-    if not isinstance(arr, np.ndarray):
-        raise RequestError(400, f"{what} is an .npz archive; send one .npy array")
-    if arr.dtype != np.uint8 and arr.dtype.kind != "f":
-        raise RequestError(400, f"unsupported array dtype {arr.dtype}; send uint8 or float pixels in 0–255")
     x = _as_nhwc(arr, shape)
     if x.shape[-1] != shape[-1]:
         if x.dtype != np.uint8 or x.shape[-1] not in (1, 3):
@@ -171,7 +178,12 @@ def parse_npy(body: bytes, shape: tuple[int, ...], what: str = "the body") -> np
 
 
 def parse_image(data: bytes, shape: tuple[int, ...], what: str = "the body") -> np.ndarray:
-    """One PNG/JPEG → float32 (1, *shape), decoded as ingest decodes an image folder; RequestError otherwise."""
+    """One PNG/JPEG → float32 (1, *shape), decoded as ingest decodes an image folder; RequestError otherwise.
+
+    Only bytes that start with the PNG or JPEG signature reach the decoder (PIL would try any format it knows).
+    """
+    if not data.startswith(SIGNATURES):
+        raise RequestError(400, f"{what} is not a readable PNG/JPEG image: it starts with neither signature")
     try:
         image = decode_image(data, (shape[0], shape[1]), shape[2], max_pixels=MAX_IMAGE_PIXELS)
     except ImageTooLargeError as exc:
