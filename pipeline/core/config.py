@@ -3,16 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from pipeline.core.params_file import ConfigError, describe, read_mapping
 
 
 class Section(BaseModel):
-    """A params.yaml section: unknown keys are rejected, values are immutable once validated."""
+    """A params.yaml section: unknown keys are rejected, values are immutable once validated.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Numbers must be finite (no .inf/.nan) and never booleans: YAML reads yes/no/on/off as true/false, which
+    pydantic would otherwise take as 1/0 (`epochs: yes` would train one epoch).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: object, info: ValidationInfo) -> object:
+        if info.field_name and _takes_numbers(cls.model_fields[info.field_name].annotation) and _holds_bool(value):
+            raise ValueError("takes numbers, not booleans (YAML reads yes/no/on/off/true/false as booleans)")
+        return value
+
+
+def _takes_numbers(annotation: object) -> bool:
+    """True when a field of this type holds numbers (int, float, Literal[1, 3], tuple[int, int], ... | None)."""
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) is Literal:
+        return any(isinstance(a, int | float) and not isinstance(a, bool) for a in get_args(annotation))
+    if get_origin(annotation) in (Union, UnionType, tuple):
+        return any(_takes_numbers(a) for a in get_args(annotation))
+    return False
+
+
+def _holds_bool(value: object) -> bool:
+    """True for a boolean, or a list/tuple with one."""
+    return isinstance(value, bool) or (isinstance(value, list | tuple) and any(isinstance(v, bool) for v in value))
 
 
 class PathsConfig(Section):
@@ -215,48 +245,14 @@ class Params(Section):
         return self
 
 
-class ConfigError(ValueError):
-    """params.yaml is missing, unreadable or invalid; the message says where and how to fix it."""
-
-
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml; raise ConfigError naming every bad field."""
+    """Read and validate params.yaml; raise ConfigError naming every bad field (`pipeline.core.params_file`)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: not found. Run from the project root or pass --params PATH.")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    raw = read_mapping(path)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{path}: {exc.error_count()} invalid parameter(s):"]
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":  # never echo the value: a misplaced credential must not be printed
-                known = _known_keys(err["loc"][:-1])
-                hint = f"; valid keys here: {', '.join(known)}" if known else ""
-                lines.append(
-                    f"  - {where}: unknown parameter (typo, or a setting that does not belong in params.yaml){hint}"
-                )
-            else:
-                lines.append(f"  - {where}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError("\n".join(lines)) from exc
-
-
-def _known_keys(section: tuple) -> list[str]:
-    """The keys params.yaml accepts at `section` (a path of keys from the top), [] if it is not a section."""
-    model: type[BaseModel] = Params
-    for key in section:
-        fields = {f.alias or name: f.annotation for name, f in model.model_fields.items()}
-        sub = fields.get(key)
-        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
-            return []
-        model = sub
-    return [f.alias or name for name, f in model.model_fields.items()]
+        raise ConfigError(describe(path, exc, Params)) from exc
 
 
 def update_params(path: str | Path, overrides: dict[str, object]) -> Params:
@@ -287,7 +283,7 @@ def update_params(path: str | Path, overrides: dict[str, object]) -> Params:
     try:
         params = Params.model_validate(yaml.safe_load(text))
     except ValidationError as exc:
-        raise ConfigError(f"{path}: override {overrides} is invalid: {exc}") from exc
+        raise ConfigError(f"override {overrides} is invalid; {describe(path, exc, Params)}") from exc
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
