@@ -52,6 +52,14 @@ test: setup dataset bench-tools  ## the full test suite (unit, data, model, inte
 test-fast: setup  ## everything but the integration tier
 	$(BIN)/python -m pytest -q -m "not integration"
 
+# `make fuzz`: the property-based tests (tests/reliability/test_fuzz_*.py) under the "fuzz" Hypothesis profile of
+# tests/conftest.py: 5,000 examples per test instead of the "ci" profile's fixed-seed few. A failure prints its
+# reproduction blob and is kept in .cache/hypothesis, where every later run replays it first.
+.PHONY: fuzz
+fuzz: setup  ## long property-based fuzzing: model-server request bodies (in-process + real HTTP) and params.yaml
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q --hypothesis-show-statistics \
+	  tests/reliability/test_fuzz_server.py tests/reliability/test_fuzz_params.py
+
 # the reliability tier with 20 seeded kill -9 trials per operation (CI runs 2: FAULT_TRIALS' default); replay one
 # trial with FAULT_TRIALS=1 FAULT_SEED=<seed>; the fault table is printed at the end
 .PHONY: reliability

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 pytest_plugins = ["tests.skip_policy"]  # CI never turns green by skipping (tests/expected_skips.txt)
 
@@ -15,6 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+# Hypothesis profiles for the property-based tests (tests/reliability/test_fuzz_*.py). "ci" (when CI is set, or
+# HYPOTHESIS_PROFILE=ci): fixed seed and example count, the same examples on every run, no example database, a
+# failure prints its reproduction blob. "dev" (otherwise): more examples, new ones each run, failures remembered in
+# .cache/hypothesis (git-ignored) and replayed first. "fuzz" (`make fuzz`): many examples, for a long hunt.
+_EXAMPLES_DB = DirectoryBasedExampleDatabase(str(ROOT / ".cache" / "hypothesis"))
+settings.register_profile("ci", derandomize=True, max_examples=200, deadline=None, print_blob=True, database=None)
+settings.register_profile("dev", max_examples=400, deadline=None, print_blob=True, database=_EXAMPLES_DB)
+settings.register_profile("fuzz", max_examples=5000, deadline=None, print_blob=True, database=_EXAMPLES_DB)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
 @pytest.fixture
