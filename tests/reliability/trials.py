@@ -77,14 +77,9 @@ def run_and_kill(cmd: list[str], cwd: Path, env: dict, log: Path, kill_at: float
 def timed(cmd: list[str], cwd: Path, env: dict, log: Path, timeout: float = 600) -> float:
     """Run `cmd` to completion (AssertionError with the log tail unless it exits 0); its wall time in seconds."""
     t0 = time.monotonic()
-    proc = start(cmd, cwd, env, log)
-    try:
-        rc = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        raise
+    rc, output = finish(cmd, cwd, env, log, timeout)
     if rc != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {rc}:\n{log.read_text(errors='replace')[-3000:]}")
+        raise AssertionError(f"{' '.join(map(str, cmd))} exited {rc}:\n{output[-3000:]}")
     return time.monotonic() - t0
 
 
