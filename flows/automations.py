@@ -33,8 +33,12 @@ def load(path: Path, within: float | None = None) -> AutomationCore:
 
 
 def _comparable(automation: AutomationCore) -> dict:
-    """The fields a file defines, as JSON-able data (server-side ids and timestamps left out)."""
-    return AutomationCore.model_validate(automation.model_dump()).model_dump(mode="json", exclude={"trigger": {"id"}})
+    """The fields a file defines (server-side ids and timestamps left out), sets kept as sets.
+
+    A JSON dump would turn the trigger's `expect`/`for_each` sets into lists whose order can follow insertion
+    order (hash collisions, PYTHONHASHSEED), so a server copy listing them differently would compare unequal.
+    """
+    return AutomationCore.model_validate(automation.model_dump()).model_dump(exclude={"trigger": {"id"}})
 
 
 def apply_one(automation: AutomationCore) -> str:
