@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run setup dataset test test-fast repro mlflow-ui bench bench-frontier bench-tools lint lint-tools
+.PHONY: run setup dataset test test-fast repro mlflow-ui bench bench-frontier bench-tools browser-tools lint lint-tools
 
 # `make run` records its own wall time (setup + dataset + dvc repro + commit: from when make started) in RUN_CLOCK
 # (git-ignored, under .cache/), where bench/default_run.py reads it.
@@ -46,7 +46,7 @@ $(INSTALLED): pyproject.toml
 dataset: setup  ## data/raw/fashion-mnist as data/raw/fashion-mnist.dvc pins it: dvc pull, else the Debian package
 	$(BIN)/python infra/local/dataset.py
 
-test: setup dataset bench-tools  ## the full test suite (unit, data, model, integration; hey for the serving latency check)
+test: setup dataset bench-tools browser-tools  ## the full test suite (unit, data, model, integration; hey for the serving latency check)
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-fast: setup  ## everything but the integration tier
@@ -127,6 +127,13 @@ bench-tools:  ## hey (the serving benchmark's load generator) from apt when miss
 	  if command -v apt-get >/dev/null; then \
 	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq hey; \
 	  else echo "no apt-get: install hey (https://github.com/rakyll/hey) and rerun" >&2; exit 1; fi; \
+	fi
+
+browser-tools:  ## headless Chromium + chromedriver from apt when missing (the browser tests of the approval path)
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if command -v apt-get >/dev/null; then \
+	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	  else echo "no apt-get: install Chromium and its chromedriver (same version) and rerun" >&2; exit 1; fi; \
 	fi
 
 # --- the local service stack (infra/local/stack.sh; see infra/README.md) -----------------------------------

@@ -1,0 +1,87 @@
+"""A real browser for the tests of what people do in the UIs: the system's headless Chromium driven by Selenium.
+
+Chromium and chromedriver come from the Debian packages (`make browser-tools`); nothing is downloaded at run time
+(Selenium Manager is bypassed by naming both binaries). A missing browser is a failure with the command that
+installs it, never a skip. Screenshots go to SCREENSHOTS (test artifacts, git-ignored) and, when given, to a
+test's own folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = Path(os.environ.get("MLOPS_SCREENSHOTS", ROOT / "reports" / "screenshots"))
+
+
+def _binary(*names: str) -> str:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise AssertionError(
+        f"no {' / '.join(names)} on PATH: the browser tests need Chromium and its chromedriver "
+        "(`make browser-tools`, i.e. `apt-get install chromium chromium-driver`)"
+    )
+
+
+@contextlib.contextmanager
+def browser(width: int = 1400, height: int = 1000) -> Iterator:
+    """A headless Chromium (selenium WebDriver), quit on exit."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = _binary("chromium", "chromium-browser", "google-chrome")
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--window-size={width},{height}",
+        "--lang=en-US",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(_binary("chromedriver")))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def screenshot(driver, name: str, also: Path | None = None) -> Path:
+    """Save the page as SCREENSHOTS/<name>.png (and into `also`, a test's folder); returns the path."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    if also is not None:
+        also.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, also / path.name)
+    return path
+
+
+def wait_until(driver, check: Callable[[], object], timeout: float, what: str, interval: float = 0.5):
+    """Poll `check` (a function of the page) until it returns something truthy; screenshot + fail on timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # the page is still rendering: elements come and go
+            last_error = exc
+        time.sleep(interval)
+    shot = screenshot(driver, f"timeout-{int(time.time())}")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (screenshot {shot}; last: {last_error})")
+
+
+def page_text(driver) -> str:
+    """The visible text of the page."""
+    return driver.find_element("tag name", "body").text
