@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOTS = Path(os.environ.get("MLOPS_SCREENSHOTS", ROOT / "reports" / "screenshots"))
+SCREENSHOTS = Path(os.environ.get("MLOPS_SCREENSHOTS", ROOT / ".cache" / "screenshots"))
 
 
 def _binary(*names: str) -> str:
@@ -68,6 +68,8 @@ def screenshot(driver, name: str, also: Path | None = None) -> Path:
 
 def wait_until(driver, check: Callable[[], object], timeout: float, what: str, interval: float = 0.5):
     """Poll `check` (a function of the page) until it returns something truthy; screenshot + fail on timeout."""
+    from selenium.common.exceptions import WebDriverException
+
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -75,7 +77,7 @@ def wait_until(driver, check: Callable[[], object], timeout: float, what: str, i
             value = check()
             if value:
                 return value
-        except Exception as exc:  # the page is still rendering: elements come and go
+        except WebDriverException as exc:  # the page is still rendering: elements come and go
             last_error = exc
         time.sleep(interval)
     shot = screenshot(driver, f"timeout-{int(time.time())}")
