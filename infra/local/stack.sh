@@ -223,7 +223,9 @@ cmd_up() {
         started_mlflow="$(now)"
     fi
     if ! ctl running prefect-server; then
+        # PREFECT_UI_API_URL: the UI (in the browser) calls the API on this port, not Prefect's default 4200
         PREFECT_HOME="$PREFECT_HOME_DIR" PREFECT_SERVER_ANALYTICS_ENABLED=false \
+            PREFECT_UI_API_URL="${PREFECT_UI_API_URL:-$PREFECT_API}" \
             ctl launch prefect-server "$STACK_DIR" "$BIN/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
         started_prefect="$(now)"
     fi
