@@ -16,7 +16,7 @@ import uuid
 
 from pipeline.core import clock
 from pipeline.core.errors import StageError
-from pipeline.registry import audit, store
+from pipeline.registry import audit, describe, store
 from pipeline.registry.aliases import ALL as ALIASES, CHALLENGER, CHAMPION, PREVIOUS
 
 PENDING_TAG = "promotion.pending"
@@ -206,6 +206,7 @@ def approve(model_name: str, by: str, reason: str, reviewed: str | None = None) 
         "diff": cmp["diff"],
     }
     audit.append(client, model_name, record)
+    describe.after_decision(client, model_name, record)
     client.delete_model_version_tag(model_name, version, PENDING_TAG)
     return record
 
@@ -219,7 +220,9 @@ def reject(model_name: str, by: str, reason: str, reviewed: str | None = None) -
     audit.fail_dangling(client, model_name)
     client.set_model_version_tag(model_name, challenger.version, "promotion.decision", "rejected")
     client.delete_registered_model_alias(model_name, CHALLENGER)
-    return _audit(client, model_name, "reject", by, reason, {"challenger": str(challenger.version)}, None)
+    record = _audit(client, model_name, "reject", by, reason, {"challenger": str(challenger.version)}, None)
+    describe.after_decision(client, model_name, record)
+    return record
 
 
 @store.reachable("rollback")
@@ -236,7 +239,9 @@ def rollback(model_name: str, by: str, reason: str) -> dict:
     client.set_registered_model_alias(model_name, CHAMPION, previous.version)
     client.set_registered_model_alias(model_name, PREVIOUS, champion.version)
     versions = {"champion": str(previous.version), "previous": str(champion.version)}
-    return _audit(client, model_name, "rollback", by, reason, versions, None)
+    record = _audit(client, model_name, "rollback", by, reason, versions, None)
+    describe.after_decision(client, model_name, record)
+    return record
 
 
 def history(model_name: str) -> list[dict]:

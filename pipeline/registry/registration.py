@@ -13,7 +13,7 @@ import logging
 import os
 
 from pipeline.core import clock
-from pipeline.registry import lineage, runs, store
+from pipeline.registry import describe, lineage, runs, store
 
 SOURCE_RUN_TAG = "source_run_id"
 REGISTERED_TAG = "registered_version"  # run tag: the version its model became
@@ -38,7 +38,8 @@ def reusable_version(model_name: str, key: str | None):
 
 
 def drop_retried_copies(model_name: str, key: str | None, run_id: str, version: str) -> str:
-    """The one version run `run_id` registered under lineage key `key`; copies are deleted.
+    """The one version run `run_id` registered under lineage key `key`; copies are deleted, and the one kept gets
+    its description (pipeline.registry.describe). Without a key (no dvc.lock) nothing is looked up or written.
 
     MLflow's HTTP client retries every method, POST included: a create-version request whose response was lost
     (a proxy's 502, a read timeout, a restarted worker) is sent again and the server creates a second version.
@@ -49,7 +50,9 @@ def drop_retried_copies(model_name: str, key: str | None, run_id: str, version: 
     for copy in mine[1:]:
         log.warning("%s v%s duplicates v%s (a retried request): deleting it", model_name, copy.version, mine[0].version)
         store.client().delete_model_version(model_name, copy.version)
-    return str(mine[0].version) if mine else version
+    kept = str(mine[0].version) if mine else version
+    describe.describe_version(store.client(), model_name, kept)
+    return kept
 
 
 def _number(mv) -> int:
@@ -87,6 +90,7 @@ def reuse(model_name: str, key: str | None) -> dict | None:
     if mv is None:
         return None
     source = complete(model_name, mv)
+    describe.describe_version(store.client(), model_name, mv.version)  # a rerun completes the description too
     return {
         "model_name": model_name,
         "version": int(mv.version),
