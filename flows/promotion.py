@@ -1,30 +1,53 @@
-"""Promotion flow: show the approver challenger vs champion, pause for a decision, then promote and deploy.
+"""Promotion flow: show the approver challenger vs champion, wait for a decision, then promote and deploy.
 
-The pause is answerable in the Prefect UI (a form from `Approval`) or programmatically through Prefect's
-input API; `mlops promote --approve/--reject` is the same decision from a shell.
+The wait is answerable in the Prefect UI (the form rendered from `Approval`: every field required, checked by the
+server before the run resumes) or programmatically through Prefect's input API; `mlops promote --approve/--reject`
+is the same decision from a shell. Under a deployment the run is *suspended* while it waits: its process exits and
+no worker is held; the decision reschedules it and it replays from the top — the review it showed and every
+earlier answer are read back from the run's own inputs (keys `mlops-review`, `approval-<n>`), so it decides on
+exactly the version the approver reviewed. An answer the flow cannot apply (e.g. an approver who may not approve)
+is refused with the reason shown in the next form; it never fails the run.
 """
 
 from __future__ import annotations
 
+import itertools
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
+from prefect.context import FlowRunContext
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
+from prefect.input import RunInput, create_flow_run_input, read_flow_run_input
+from pydantic import Field
 
 if TYPE_CHECKING:
     from pipeline.core.config import Params
 
+REVIEW_KEY = "mlops-review"  # the flow run input holding the review the approver was shown (and the deadline)
+
 
 class Approval(RunInput):
-    """The approver's answer: the Prefect UI renders it as the form of the paused run."""
+    """The approver's answer: the Prefect UI renders it as the form of the waiting run; every field is required."""
 
-    approve: bool
-    approver: str
-    reason: str = ""
+    decision: Literal["approve", "reject"] = Field(
+        title="Decision", description="approve: this version becomes champion and is deployed; reject: withdrawn"
+    )
+    approver: str = Field(
+        title="Your name", min_length=1, max_length=200, pattern=r"\S", description="recorded in the audit trail"
+    )
+    reason: str = Field(
+        title="Reason", min_length=1, max_length=2000, pattern=r"\S", description="recorded in the audit trail"
+    )
+
+    @property
+    def approve(self) -> bool:
+        """True for an approval."""
+        return self.decision == "approve"
 
 
 def _project(project_dir: str) -> tuple[Path, Params]:
@@ -78,6 +101,52 @@ def deploy(project_dir: str) -> dict:
     return releases.publish_champion(params)
 
 
+def _wait_for(form: type[Approval], timeout_s: int, key: str) -> Approval:
+    """Suspend the run for the form's answer (a deployment's run: no process waits), else pause in-process."""
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None and context.flow_run.deployment_id is not None:
+        return suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
+    return pause_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
+
+
+def _refusal(model_name: str, answer: Approval) -> str | None:
+    """Why an answer cannot be applied (shown in the next form), or None. The form already required every field."""
+    if not answer.approver.strip() or not answer.reason.strip():
+        return "the approver's name and a reason are required"
+    return None
+
+
+def ask(
+    model_name: str, version: str, deadline: float, refuse: Callable[[str, Approval], str | None] = _refusal
+) -> Approval:
+    """The first answer to "Approve <model> v<version>?" that `refuse` lets through; a refused one re-asks, saying
+    why. Each ask is its own pause key (approval-1, approval-2, …): a resumed run replays the earlier answers.
+    """
+    note = ""
+    for attempt in itertools.count(1):
+        remaining = max(1, int(deadline - time.time()))
+        form = Approval.with_initial_data(description=f"{note}Approve {model_name} v{version} as champion?")
+        answer = _wait_for(form, remaining, key=f"approval-{attempt}")
+        refused = refuse(model_name, answer)
+        if refused is None:
+            return answer
+        get_run_logger().warning("answer %d not applied: %s; asking again", attempt, refused)
+        note = f"Not applied: {refused}. "
+    raise AssertionError("unreachable")
+
+
+def reviewed_once(model_name: str, timeout_s: int) -> dict:
+    """The review this run shows its approver: computed (and published) the first time, read back on a resume."""
+    replayed = read_flow_run_input(REVIEW_KEY)
+    if isinstance(replayed, dict):
+        return replayed
+    comparison: dict = review(model_name)
+    stored = {"comparison": comparison, "deadline": time.time() + timeout_s, "timeout_s": timeout_s}
+    if comparison["challenger"]["blessed"]:
+        create_flow_run_input(REVIEW_KEY, stored)
+    return stored
+
+
 @flow(name="promotion", log_prints=True)
 def promotion_flow(
     model_name: str | None = None,
@@ -86,27 +155,20 @@ def promotion_flow(
     publish: bool = True,
     remote: str | None = None,
 ) -> dict:
-    """Review → pause for approval → approve (champion alias + `champion` branch move, audited, deployed) or
-    reject (tagged). `remote`: the git remote whose `champion` branch follows (the deployments: origin).
+    """Review → wait for approval (suspended) → approve (champion alias + `champion` branch move, audited,
+    deployed) or reject (tagged). `remote`: the git remote whose `champion` branch follows (the deployments: origin).
     """
     root, params = _project(project_dir)
     model_name = model_name or params.register_.model_name
     logger = get_run_logger()
-    cmp = review(model_name)
+    stored = reviewed_once(model_name, timeout_s)
+    cmp, version = stored["comparison"], str(stored["comparison"]["challenger"]["version"])
     if not cmp["challenger"]["blessed"]:
-        logger.warning("challenger v%s is not blessed; nothing to approve", cmp["challenger"]["version"])
+        logger.warning("challenger v%s is not blessed; nothing to approve", version)
         return {"decision": "not-blessed", "comparison": cmp}
-    logger.info("waiting for approval of %s v%s", model_name, cmp["challenger"]["version"])
-    decision = pause_flow_run(
-        wait_for_input=Approval.with_initial_data(
-            description=f"Approve {model_name} v{cmp['challenger']['version']} as champion?",
-            approve=False,
-            approver="",
-            reason="",
-        ),
-        timeout=timeout_s,
-    )
-    record = decide(model_name, decision, str(cmp["challenger"]["version"]))
+    logger.info("waiting for approval of %s v%s", model_name, version)
+    decision = ask(model_name, version, stored["deadline"])
+    record = decide(model_name, decision, version)
     result = {"decision": record["action"], "audit": record}
     if decision.approve:
         result["champion_commit"] = champion_branch(str(root), model_name, remote)

@@ -141,7 +141,7 @@ def _approve_pending_promotion(n_expected: int, reason: str) -> None:
         return len(runs) >= n_expected and runs[n_expected - 1].state.is_paused() and runs[n_expected - 1]
 
     promo = _wait(paused, 600, f"promotion run #{n_expected} to pause for approval", interval=2)
-    resume_flow_run(promo.id, run_input={"approve": True, "approver": "e2e-bot", "reason": reason})
+    resume_flow_run(promo.id, run_input={"decision": "approve", "approver": "e2e-bot", "reason": reason})
     final = _final(promo.id, 300)
     assert final.state.is_completed(), final.state
 
