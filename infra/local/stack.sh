@@ -25,6 +25,10 @@
 # Zombie flow runs: the worker's flow runs send a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY s (30, the
 # minimum Prefect accepts) and `up` applies the automations of infra/prefect/automations (python -m
 # flows.automations; idempotent), which mark a Running flow run Crashed once its heartbeats stop.
+# Approval notifications: MLOPS_APPROVAL_WEBHOOK_URL (a webhook receiving a JSON POST {text, subject, body}) makes
+# `up` create the notification block custom-webhook/mlops-approval and apply the promotion automations (a run
+# awaiting approval, a reminder, the decision, the timeout → rejection by "timeout", audited); unset, they are
+# not applied and `up` says so. The URL is never printed; a changed URL is applied on the next `up`.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -167,13 +171,15 @@ deploy_prefect() {  # apply prefect.yaml unless the same file was already applie
 
 apply_automations() {  # the shipped automations (zombie flow runs → Crashed), unless applied to this server
     local stamp="$RUN/automations" want t0 out
-    want="$PREFECT_PORT $(cat "$ROOT"/infra/prefect/automations/*.yaml | sha256sum | cut -d' ' -f1)"
+    want="$PREFECT_PORT $( { cat "$ROOT"/infra/prefect/automations/*.yaml; printf '%s' "${MLOPS_APPROVAL_WEBHOOK_URL:-}"; } \
+        | sha256sum | cut -d' ' -f1)"
     if [[ "$(cat "$stamp" 2>/dev/null)" == "$want" && "${1:-}" != force ]]; then
         say "Prefect: automations from $ROOT/infra/prefect/automations already applied"
         return 0
     fi
     t0="$(now)"
-    if ! out="$(cd "$ROOT" && prefect_env "$BIN/python" -m flows.automations 2>>"$LOGS/prefect-deploy.log")"; then
+    if ! out="$(cd "$ROOT" && MLOPS_APPROVAL_WEBHOOK_URL="${MLOPS_APPROVAL_WEBHOOK_URL:-}" \
+            prefect_env "$BIN/python" -m flows.automations 2>>"$LOGS/prefect-deploy.log")"; then
         tail -n 15 "$LOGS/prefect-deploy.log" >&2
         die "could not apply the Prefect automations of $ROOT/infra/prefect/automations"
     fi
