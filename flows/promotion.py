@@ -25,6 +25,8 @@ from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput, create_flow_run_input, read_flow_run_input
 from pydantic import Field
 
+from flows import notify
+
 if TYPE_CHECKING:
     from pipeline.core.config import Params
 
@@ -167,8 +169,10 @@ def promotion_flow(
         logger.warning("challenger v%s is not blessed; nothing to approve", version)
         return {"decision": "not-blessed", "comparison": cmp}
     logger.info("waiting for approval of %s v%s", model_name, version)
+    notify.awaiting_approval(model_name, version, stored["timeout_s"])
     decision = ask(model_name, version, stored["deadline"])
     record = decide(model_name, decision, version)
+    notify.decided(model_name, version, record["action"], record["by"], reason=record["reason"])
     result = {"decision": record["action"], "audit": record}
     if decision.approve:
         result["champion_commit"] = champion_branch(str(root), model_name, remote)
