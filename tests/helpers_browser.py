@@ -87,3 +87,32 @@ def wait_until(driver, check: Callable[[], object], timeout: float, what: str, i
 def page_text(driver) -> str:
     """The visible text of the page."""
     return driver.find_element("tag name", "body").text
+
+
+# ------------------------------------------------------------------------------ the Prefect UI's approval form
+def open_resume_form(driver, prefect_base: str, flow_run_id, timeout: float = 60):
+    """Open the waiting run's page in the Prefect UI, press Resume; the form's modal element."""
+    driver.get(f"{prefect_base}/runs/flow-run/{flow_run_id}")
+
+    def resume_button():
+        return [b for b in driver.find_elements("tag name", "button") if b.text.strip() == "Resume"]
+
+    wait_until(driver, resume_button, timeout, "the run page's Resume button")[0].click()
+    return wait_until(driver, lambda: driver.find_elements("css selector", ".p-modal"), 20, "the form")[0]
+
+
+def fill_approval(modal, decision: str | None, approver: str, reason: str) -> None:
+    """Choose the decision (None: leave it unset) and type the approver's name and reason into the form."""
+    from selenium.webdriver.support.ui import Select
+
+    if decision is not None:
+        Select(modal.find_element("css selector", "select")).select_by_visible_text(decision)
+    name, why = modal.find_elements("css selector", "textarea")[:2]
+    for area, text in ((name, approver), (why, reason)):
+        area.clear()
+        area.send_keys(text)
+
+
+def submit(modal) -> None:
+    """Press the form's Submit button."""
+    next(b for b in modal.find_elements("tag name", "button") if b.text.strip() == "Submit").click()
