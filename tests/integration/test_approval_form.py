@@ -78,14 +78,16 @@ def served_drill(tmp_path):
                     "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
     (tmp_path / "drill.py").write_text(DRILL)
     procs = []
+
+    def start(cmd: list[str], log: str) -> None:
+        with open(tmp_path / log, "w") as out:  # the child keeps its own copy of the descriptor
+            procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+
     try:
-        procs.append(subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                      cwd=tmp_path, env=env, stdout=open(tmp_path / "server.log", "w"),
-                                      stderr=subprocess.STDOUT, start_new_session=True))
+        start(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log")
         _wait(lambda: _healthy(f"{api}/health"), 90, "the Prefect server")
-        procs.append(subprocess.Popen([sys.executable, "drill.py"], cwd=tmp_path, env=env,
-                                      stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+        start([sys.executable, "drill.py"], "serve.log")
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings({PREFECT_API_URL: api}):
