@@ -104,9 +104,11 @@ def _commit_line(summary: dict, git: dict) -> str:
 
 
 def version_markdown(facts: dict) -> str:
-    """A version's description. `facts`: model_name, version, summary (promotion._summary's dict), deploy_variant,
-    blessed ('true' / 'false' / None), reasons (the report's checks, or None), failed_checks, git (ref, remote,
-    base_commit, dirty) and decisions (audit_records). The Decisions section comes last.
+    """A version's description, led by the blessing line (what the registry's versions table previews).
+
+    `facts`: model_name, version, summary (promotion._summary's dict), deploy_variant, blessed ('true' / 'false' /
+    None), reasons (the report's checks, or None), failed_checks, git (ref, remote, base_commit, dirty) and
+    decisions (audit_records). The Decisions section comes last.
     """
     s, variant = facts["summary"], facts["deploy_variant"]
     accuracy = s.get("accuracy")
@@ -120,8 +122,6 @@ def version_markdown(facts: dict) -> str:
     ]
     return "\n".join(
         [
-            f"## {facts['model_name']} v{facts['version']}",
-            "",
             blessing_markdown(facts["blessed"], facts["reasons"], facts["failed_checks"]),
             "",
             f"### Deploy variant: {variant}",
@@ -154,7 +154,7 @@ def model_markdown(
         "Each version's page holds its evaluation, metrics, lineage and decisions; "
         f"every decision is also a run of the `{model_name}-audit` experiment."
     )
-    return "\n".join([f"## {model_name}", "", *lines, "", trail])
+    return "\n".join([*lines, "", trail])
 
 
 def _evaluation_reasons(client, run_id: str | None) -> list[dict] | None:
