@@ -159,23 +159,40 @@ def _publish(cfg: Params) -> None:
     typer.echo(f"published v{result['version']}" + (" (already deployed)" if result.get("skipped") else ""))
 
 
+ByOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--by",
+        help="Who decides, recorded in the audit trail. With MLflow auth on it is the MLflow user of "
+        "MLFLOW_TRACKING_USERNAME (the default; another name is refused).",
+    ),
+]
+
+
 @app.command()
 def promote(
     approve: Annotated[bool, typer.Option("--approve/--reject", help="Approve (champion ← challenger) or reject.")],
-    by: Annotated[str, typer.Option("--by", help="Approver name, recorded in the audit trail.")],
+    by: ByOpt = None,
     reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the audit trail.")] = "",
     params: ParamsOpt = DEFAULT_PARAMS,
     publish: Annotated[bool, typer.Option(help="Publish the new champion to S3 after approval.")] = False,
     remote: versioning_cli.RemoteOpt = None,
 ) -> None:
-    """Decide on the current challenger (same decision as the promotion flow's approval form)."""
-    from pipeline.registry import promotion
+    """Decide on the current challenger (same decision as the promotion flow's approval form).
+
+    With MLflow auth on, the decision is applied with your own MLflow credentials (MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD) and needs MANAGE on the registered model; a refusal changes nothing and is audited.
+    """
+    from pipeline.registry import approvers, promotion
 
     cfg = load(params)
     name = cfg.register_.model_name
+    action = "approve" if approve else "reject"
+    who = call(approvers.decider, name, by, action, reason)
     if approve:
         typer.echo(promotion.comparison_markdown(call(promotion.compare, name)))
-    record = call(promotion.approve if approve else promotion.reject, name, by, reason)
+    decide = promotion.approve if approve else promotion.reject
+    record = call(approvers.apply, name, who, action, reason, decide, name, who, reason)
     typer.echo(f"{record['action']} by {record['by']} at {record['at']}: {record['versions']}")
     if approve:
         _champion_branch(cfg, remote)
@@ -185,17 +202,21 @@ def promote(
 
 @app.command()
 def rollback(
-    by: Annotated[str, typer.Option("--by", help="Who rolls back, recorded in the audit trail.")],
+    by: ByOpt = None,
     reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the audit trail.")] = "",
     params: ParamsOpt = DEFAULT_PARAMS,
     publish: Annotated[bool, typer.Option(help="Publish the restored champion to S3.")] = False,
     remote: versioning_cli.RemoteOpt = None,
 ) -> None:
-    """Champion ← previous (audited); the rolled-back version becomes `previous`."""
-    from pipeline.registry import promotion
+    """Champion ← previous (audited); the rolled-back version becomes `previous`. With MLflow auth on: applied
+    with your own MLflow credentials, needs MANAGE on the registered model (as `promote`).
+    """
+    from pipeline.registry import approvers, promotion
 
     cfg = load(params)
-    record = call(promotion.rollback, cfg.register_.model_name, by, reason)
+    name = cfg.register_.model_name
+    who = call(approvers.decider, name, by, "rollback", reason)
+    record = call(approvers.apply, name, who, "rollback", reason, promotion.rollback, name, who, reason)
     typer.echo(f"rollback by {record['by']} at {record['at']}: {record['versions']}")
     _champion_branch(cfg, remote)
     if publish:
