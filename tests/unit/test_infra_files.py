@@ -168,6 +168,47 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def _auth_config(script: str, database_uri: str, tmp_path: Path, monkeypatch):
+    """Run the part of an MLflow server command that writes its basic-auth config; MLflow's reading of that file."""
+    from mlflow.server.auth.config import read_auth_config
+
+    prefix = script.split("&& exec mlflow server", 1)[0]
+    config = tmp_path / "auth" / "basic_auth.ini"
+    env = {**os.environ, "MLFLOW_AUTH_DATABASE_URI": database_uri, "MLFLOW_AUTH_CONFIG_PATH": str(config)}
+    subprocess.run(["sh", "-c", prefix], env=env, check=True)
+    assert config.stat().st_mode & 0o077 == 0, "the auth config (a database URI with a password) is private"
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(config))
+    return read_auth_config()
+
+
+def test_compose_turns_auth_on(compose, tmp_path, monkeypatch):
+    """MLflow runs its basic-auth app (admin = the service identity, default READ), Prefect requires its auth
+    string, and every client of both carries the service identity (who may approve: infra/README.md)."""
+    services = compose["services"]
+    mlflow = services["mlflow"]
+    script, env = mlflow["command"][-1], mlflow["environment"]
+    assert "exec mlflow server --app-name basic-auth" in script
+    assert env["MLFLOW_AUTH_CONFIG_PATH"].startswith("/") and env["MLFLOW_AUTH_DATABASE_URI"].endswith("/mlflow_auth")
+    assert "CREATE DATABASE mlflow_auth;" in (COMPOSE.parent / "postgres-init.sql").read_text()
+    for key, source in (("MLFLOW_AUTH_ADMIN_USERNAME", "MLOPS_SERVICE_MLFLOW_USERNAME"),
+                        ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLOPS_SERVICE_MLFLOW_PASSWORD"),
+                        ("MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_FLASK_SERVER_SECRET_KEY")):
+        assert env[key].startswith("${" + source), (key, env[key])
+    config = _auth_config(script.replace("$$", "$"), "postgresql://u:p@db/mlflow_auth", tmp_path, monkeypatch)
+    assert config.default_permission == "READ" and config.database_uri == "postgresql://u:p@db/mlflow_auth"
+    assert config.authorization_function == "mlflow.server.auth:authenticate_request_basic_auth"
+    assert services["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"].startswith(
+        "${PREFECT_API_AUTH_STRING:?")
+    for name in ("worker", "worker-gpu", "prefect-setup"):
+        assert services[name]["environment"]["PREFECT_API_AUTH_STRING"].startswith("${PREFECT_API_AUTH_STRING:?"), name
+    for name in ("worker", "worker-gpu"):  # the workers are the service: MLflow admin, refusal audits
+        worker = services[name]["environment"]
+        assert worker["MLFLOW_TRACKING_USERNAME"] == worker["MLOPS_SERVICE_MLFLOW_USERNAME"] == env[
+            "MLFLOW_AUTH_ADMIN_USERNAME"]
+        assert worker["MLFLOW_TRACKING_PASSWORD"] == worker["MLOPS_SERVICE_MLFLOW_PASSWORD"] == env[
+            "MLFLOW_AUTH_ADMIN_PASSWORD"]
+
+
 # ----------------------------------------------------------------------------------------------- k8s
 
 
@@ -307,7 +348,7 @@ def test_gpu_job_requests_the_gpus_and_reads_s3_settings_from_the_cluster():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2  # extended resources: limit == request
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     refs = {next(iter(v.values()))["name"] for v in container["envFrom"]}
-    assert refs == {"mlops-s3", "mlops-s3-credentials"}
+    assert refs == {"mlops-s3", "mlops-s3-credentials", "mlops-service"}
     # what the flow in the empty pod needs: the DVC remote of its clone, MLflow, S3 (the git token reaches the
     # pull step through the Prefect Secret block, not the pod's environment)
     docs = [d for _, d in _k8s_docs()]
@@ -325,6 +366,35 @@ def test_gpu_job_requests_the_gpus_and_reads_s3_settings_from_the_cluster():
         for key in ("parallelism", "completions"):
             job["spec"][key] = pod.pop(key)
         kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+
+
+def test_k8s_turns_auth_on(tmp_path, monkeypatch):
+    """The MLflow Deployment runs basic-auth (admin = the Secret mlops-service's user, default READ); the worker,
+    the set-up Job and the flow-run Jobs carry the Prefect auth string (k8s runs no Prefect server of its own)."""
+    docs = [d for _, d in _k8s_docs()]
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in docs if d["kind"] == "Secret"}
+    assert {"MLOPS_SERVICE_MLFLOW_USERNAME", "MLOPS_SERVICE_MLFLOW_PASSWORD", "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"} == set(secrets["mlops-service"])
+    service = secrets["mlops-service"]
+    assert service["MLFLOW_TRACKING_USERNAME"] == service["MLOPS_SERVICE_MLFLOW_USERNAME"]
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if _pod_specs(d)}
+    mlflow = pods["mlflow"]["containers"][0]
+    script, env = " ".join(mlflow["args"]), {e["name"]: e for e in mlflow["env"]}
+    assert "exec mlflow server --app-name basic-auth" in script
+    refs = {name: env[name]["valueFrom"]["secretKeyRef"] for name in env if "secretKeyRef" in env[name].get(
+        "valueFrom", {})}
+    assert refs["MLFLOW_AUTH_ADMIN_USERNAME"] == {"name": "mlops-service", "key": "MLOPS_SERVICE_MLFLOW_USERNAME"}
+    assert refs["MLFLOW_AUTH_ADMIN_PASSWORD"] == {"name": "mlops-service", "key": "MLOPS_SERVICE_MLFLOW_PASSWORD"}
+    assert refs["MLFLOW_FLASK_SERVER_SECRET_KEY"]["name"] == refs["MLFLOW_AUTH_DATABASE_URI"]["name"] == "mlflow-backend"
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"].startswith("/")
+    config = _auth_config(script, "postgresql://u:p@db/mlflow_auth", tmp_path, monkeypatch)
+    assert config.default_permission == "READ" and config.database_uri.endswith("/mlflow_auth")
+    for name in ("prefect-worker-gpu", "prefect-setup"):
+        container_env = {e["name"]: e for e in pods[name]["containers"][0]["env"]}
+        assert container_env["PREFECT_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"] == {
+            "name": "mlops-service", "key": "PREFECT_API_AUTH_STRING"}, name
+    job = _rendered_gpu_job()["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "mlops-service"}} in job["envFrom"]  # flow runs: MLflow + Prefect as the service
 
 
 # ----------------------------------------------------------------------------------------------- deployments
