@@ -116,3 +116,19 @@ def fill_approval(modal, decision: str | None, approver: str, reason: str) -> No
 def submit(modal) -> None:
     """Press the form's Submit button."""
     next(b for b in modal.find_elements("tag name", "button") if b.text.strip() == "Submit").click()
+
+
+def show_artifact(driver, prefect_base: str, flow_run_id, key: str, expect: str, timeout: float = 60) -> str:
+    """Open the flow run's artifact `key` in the Prefect UI (what the approver reads); its text once `expect`
+    shows."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+        )
+    assert artifacts, f"flow run {flow_run_id} has no artifact {key!r}"
+    driver.get(f"{prefect_base}/artifacts/artifact/{artifacts[-1].id}")
+    return wait_until(driver, lambda: expect in (text := page_text(driver)) and text, timeout, f"artifact {key}")

@@ -19,7 +19,16 @@ import urllib.request
 
 import pytest
 
-from tests.helpers_browser import browser, fill_approval, open_resume_form, page_text, screenshot, submit, wait_until
+from tests.helpers_browser import (
+    browser,
+    fill_approval,
+    open_resume_form,
+    page_text,
+    screenshot,
+    show_artifact,
+    submit,
+    wait_until,
+)
 from tests.helpers_project import ROOT, stop_group, tool_env
 from tests.helpers_s3 import free_port
 
@@ -30,6 +39,8 @@ import time
 from pathlib import Path
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.input import create_flow_run_input, read_flow_run_input
 
 from flows.promotion import _refusal, ask
 
@@ -42,6 +53,10 @@ def refuse(model_name, answer):
 
 @flow(name="approval-drill")
 def approval_drill(out: str, timeout_s: int = 600) -> None:
+    if read_flow_run_input("drill-review") is None:  # once: a resumed run replays from the top
+        table = "| | challenger | champion |\\n|---|---|---|\\n| test accuracy | 91.00% | 90.50% |"
+        create_markdown_artifact(f"## Promotion review: demo-model\\n\\n{table}", key="promotion-review")
+        create_flow_run_input("drill-review", True)
     answer = ask("demo-model", "7", time.time() + timeout_s, refuse)
     Path(out).write_text(json.dumps(answer.model_dump(include={"decision", "approver", "reason"})))
 
@@ -133,6 +148,9 @@ def test_the_form_cannot_be_submitted_wrong_and_a_refused_answer_asks_again(serv
           "the run's process to exit while it waits (no process is held)")
     started = time.monotonic()
     with browser() as driver:
+        review = show_artifact(driver, ui, flow_run_id, "promotion-review", expect="test accuracy")
+        assert "Promotion review: demo-model" in review and "91.00%" in review and "|---|" not in review, review
+        screenshot(driver, "prefect-promotion-review", tmp_path)
         modal = open_resume_form(driver, ui, flow_run_id)
         assert "Approve demo-model v7 as champion?" in modal.text and "(Optional)" not in modal.text
         screenshot(driver, "prefect-approval-form", tmp_path)
