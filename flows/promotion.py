@@ -112,9 +112,17 @@ def _wait_for(form: type[Approval], timeout_s: int, key: str) -> Approval:
 
 
 def _refusal(model_name: str, answer: Approval) -> str | None:
-    """Why an answer cannot be applied (shown in the next form), or None. The form already required every field."""
+    """Why an answer cannot be applied (shown in the next form), or None. The form already required every field;
+    with MLflow auth on, the name must be an MLflow user allowed to manage the model (a refusal is audited).
+    """
+    from pipeline.registry import approvers
+
     if not answer.approver.strip() or not answer.reason.strip():
         return "the approver's name and a reason are required"
+    try:
+        approvers.check_approver(model_name, answer.approver)
+    except approvers.ApproverRefused as exc:
+        return str(exc)
     return None
 
 
@@ -129,9 +137,12 @@ def ask(
         remaining = max(1, int(deadline - time.time()))
         form = Approval.with_initial_data(description=f"{note}Approve {model_name} v{version} as champion?")
         answer = _wait_for(form, remaining, key=f"approval-{attempt}")
-        refused = refuse(model_name, answer)
+        refused = read_flow_run_input(f"refused-{attempt}")  # decided before this run was resumed: not again
         if refused is None:
-            return answer
+            refused = refuse(model_name, answer)
+            if refused is None:
+                return answer
+            create_flow_run_input(f"refused-{attempt}", refused)
         get_run_logger().warning("answer %d not applied: %s; asking again", attempt, refused)
         note = f"Not applied: {refused}. "
     raise AssertionError("unreachable")
@@ -146,7 +157,7 @@ def reviewed_once(model_name: str, timeout_s: int) -> dict:
     stored = {"comparison": comparison, "deadline": time.time() + timeout_s, "timeout_s": timeout_s}
     if comparison["challenger"]["blessed"]:
         create_flow_run_input(REVIEW_KEY, stored)
-    return stored
+    return {**stored, "first": True}
 
 
 @flow(name="promotion", log_prints=True)
@@ -169,7 +180,8 @@ def promotion_flow(
         logger.warning("challenger v%s is not blessed; nothing to approve", version)
         return {"decision": "not-blessed", "comparison": cmp}
     logger.info("waiting for approval of %s v%s", model_name, version)
-    notify.awaiting_approval(model_name, version, stored["timeout_s"])
+    if stored.get("first"):  # announced once, not again when the decision resumes (replays) the run
+        notify.awaiting_approval(model_name, version, stored["timeout_s"])
     decision = ask(model_name, version, stored["deadline"])
     record = decide(model_name, decision, version)
     notify.decided(model_name, version, record["action"], record["by"], reason=record["reason"])
