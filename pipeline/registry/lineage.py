@@ -77,6 +77,9 @@ def mark_committed(model_name: str, version: str, commit: str, ref: str, remote:
         client.set_model_version_tag(model_name, version, key, value)
     if PUSH_FAILED_TAG in version_tags(model_name, version):  # a retried run whose earlier push failed
         client.delete_model_version_tag(model_name, version, PUSH_FAILED_TAG)
+    from pipeline.registry import describe  # its page names the commit now, not "not committed yet"
+
+    describe.describe_version(client, model_name, version)
 
 
 def mark_push_failed(model_name: str, version: str, error: str) -> None:
