@@ -21,7 +21,7 @@
 # repo), STACK_BIN (the venv's bin), MLFLOW_WORKERS (2), MLFLOW_SERVER_EXTRA_ARGS, MLFLOW_BACKEND_STORE_URI
 # (sqlite under the state dir), STACK_TIMEOUT (120 s per service), STACK_DVC_PREFIX (mlops-pipeline:
 # s3://dvc-store/<prefix>), PREFECT_WORK_POOL (mlops-process), STACK_GIT_REMOTE_NAME (stack); Prefect server
-# settings pass through the environment. See infra/README.md.
+# settings pass through the environment. STACK_AUTH=1: MLflow basic-auth + Prefect auth string. See infra/README.md.
 # Zombie flow runs: the worker's flow runs send a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY s (30, the
 # minimum Prefect accepts) and `up` applies the automations of infra/prefect/automations (python -m
 # flows.automations; idempotent), which mark a Running flow run Crashed once its heartbeats stop.
@@ -61,6 +61,7 @@ recorded_port() { [[ -f "$PORTS_FILE" ]] || return 0; sed -n "s/^$1=//p" "$PORTS
 S3_PORT="${S3_PORT:-$(recorded_port S3_PORT)}"; S3_PORT="${S3_PORT:-9000}"
 MLFLOW_PORT="${MLFLOW_PORT:-$(recorded_port MLFLOW_PORT)}"; MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 PREFECT_PORT="${PREFECT_PORT:-$(recorded_port PREFECT_PORT)}"; PREFECT_PORT="${PREFECT_PORT:-4200}"
+AUTH="${STACK_AUTH:-$(recorded_port STACK_AUTH)}"; AUTH="${AUTH:-0}"
 for var in S3_PORT MLFLOW_PORT PREFECT_PORT; do
     if ! [[ "${!var}" =~ ^[0-9]+$ ]] || (( ${!var} < 1 || ${!var} > 65535 )); then
         die "$var must be a port number, got '${!var}'"
@@ -84,6 +85,7 @@ ctl() {  # ctl COMMAND [NAME …]: stackctl.py for this stack (state dir, ports,
     "$PYTHON" "$HERE/stackctl.py" --state "$STACK_DIR" --s3-port "$S3_PORT" --mlflow-port "$MLFLOW_PORT" \
         --prefect-port "$PREFECT_PORT" --pool "$POOL" --timeout "$TIMEOUT" --prog "$0" "$@"
 }
+auth_env() { local out; [[ "$AUTH" == 1 ]] || return 0; out="$(ctl auth-env "$ENV_FILE" "$1")"; eval "$out"; }
 
 # --- credentials (read like s3.sh: the .env file is parsed, never executed) -------------------------------
 env_value() {
@@ -189,9 +191,7 @@ apply_automations() {  # the shipped automations (zombie flow runs → Crashed),
 }
 
 ensure_pool() {
-    if curl -fsS -o /dev/null -m 3 "$PREFECT_API/work_pools/$POOL" 2>/dev/null; then
-        return 0
-    fi
+    curl -fsS -o /dev/null -m 3 ${AUTH_CURL:+-K "$AUTH_CURL"} "$PREFECT_API/work_pools/$POOL" 2>/dev/null && return 0
     prefect_env "$BIN/prefect" work-pool create "$POOL" --type process >>"$LOGS/prefect-deploy.log" 2>&1 \
         || { tail -n 15 "$LOGS/prefect-deploy.log" >&2; die "could not create the work pool $POOL"; }
     say "Prefect: work pool $POOL (process) created"
@@ -206,19 +206,20 @@ cmd_up() {
     command -v curl >/dev/null || die "curl is required"
     ctl check-ports || exit 1
     mkdir -p "$RUN" "$LOGS" "$STACK_DIR/mlflow" "$PREFECT_HOME_DIR"
-    printf 'S3_PORT=%s\nMLFLOW_PORT=%s\nPREFECT_PORT=%s\n' "$S3_PORT" "$MLFLOW_PORT" "$PREFECT_PORT" >"$PORTS_FILE"
+    printf 'S3_PORT=%s\nMLFLOW_PORT=%s\nPREFECT_PORT=%s\nSTACK_AUTH=%s\n' "$S3_PORT" "$MLFLOW_PORT" "$PREFECT_PORT" "$AUTH" >"$PORTS_FILE"
 
     # 1. S3 (s3.sh is idempotent, generates the credentials file on first use)
     t0="$(now)"
     "$HERE/s3.sh" start >>"$LOGS/s3.log" 2>&1 || { tail -n 20 "$LOGS/s3.log" >&2; die "the S3 server did not start"; }
     load_credentials || die "no S3 credentials after s3.sh start"
+    auth_env up
     say "S3: nanio running (pid $(ctl pid s3)) at $S3_URL, data in $STACK_DIR/s3 ($(since "$t0") s)"
     AWS_ACCESS_KEY_ID="$ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$SECRET_KEY" AWS_DEFAULT_REGION=us-east-1 \
         "$BIN/python" "$HERE/stackctl.py" buckets "$S3_URL" "${BUCKETS[@]}"
 
     # 2. MLflow and Prefect servers start in parallel (MLflow takes 15-35 s to answer)
     if ! ctl running mlflow; then
-        read -r -a extra <<<"${MLFLOW_SERVER_EXTRA_ARGS:-}"
+        read -r -a extra <<<"${AUTH_APP:-} ${MLFLOW_SERVER_EXTRA_ARGS:-}"
         # Job execution (huey consumers for MLflow's GenAI jobs, ~1.7 GB RSS, slower start) is not used here.
         MLFLOW_S3_ENDPOINT_URL="$S3_URL" AWS_ACCESS_KEY_ID="$ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$SECRET_KEY" \
             AWS_DEFAULT_REGION=us-east-1 AWS_ENDPOINT_URL="$S3_URL" \
@@ -290,8 +291,8 @@ cmd_remote() {
 case "${1:-}" in
     up) cmd_up ;;
     down) ctl down; rm -f "$RUN/deployed" "$RUN/automations" ;;
-    status) ctl status ;;
-    env) cmd_env ;;
+    status) auth_env server; ctl status ;;
+    env) cmd_env; [[ "$AUTH" != 1 ]] || ctl auth-env "$ENV_FILE" clients ;;
     remote) shift; cmd_remote "$@" ;;
     *) echo "usage: $0 up|down|status|env|remote [DIR]   (ports: S3_PORT, MLFLOW_PORT, PREFECT_PORT; state: STACK_DIR)" >&2
        exit 2 ;;

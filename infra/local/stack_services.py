@@ -5,6 +5,7 @@ Used by stackctl.py (the command stack.sh runs); standard library only, nothing 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -99,9 +100,15 @@ class Stack:
         return pid if service.marker in cmdline else None
 
     def healthy(self, service: Service) -> bool:
-        """The service's health check: an HTTP answer / a 2xx answer / its work pool READY."""
+        """The service's health check: an HTTP answer / a 2xx answer / its work pool READY. With auth on
+        (PREFECT_API_AUTH_STRING, STACK_AUTH=1) a request to the Prefect API carries the auth string.
+        """
+        url, headers = self.url(service.url), {}
+        auth = os.environ.get("PREFECT_API_AUTH_STRING")
+        if auth and url.startswith(self.url("{prefect}/")):
+            headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
         try:
-            with _DIRECT.open(self.url(service.url), timeout=3) as response:
+            with _DIRECT.open(urllib.request.Request(url, headers=headers), timeout=3) as response:
                 body = response.read()
         except urllib.error.HTTPError:
             return service.probe == "any"  # nanio answers unsigned requests with 403: it runs

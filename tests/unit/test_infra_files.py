@@ -616,6 +616,51 @@ def test_wait_fails_with_the_log_tail_when_a_service_exits_during_start_up(stack
 # ----------------------------------------------------------------------------------------------- lint set-up
 
 
+def test_stack_auth_knob_generates_private_secrets_and_never_prints_them(tmp_path, monkeypatch):
+    """STACK_AUTH=1: `stackctl.py auth-env` keeps the S3 keys, adds the service identity, the CSRF key and the
+    Prefect auth string to the credentials file (mode 600), writes MLflow's auth config (default READ) and the curl
+    config privately; what it prints reads each secret from the file: evaluated, the shell gets them."""
+    from mlflow.server.auth.config import read_auth_config
+
+    env_file, state = tmp_path / "cred.env", tmp_path / "state"
+    env_file.write_text("NANIO_ACCESS_KEY=LOCALKEY\nNANIO_SECRET_KEY=s3-secret\n")
+
+    def auth_env(mode: str) -> str:
+        result = subprocess.run([sys.executable, str(LOCAL / "stackctl.py"), "--state", str(state), "auth-env",
+                                 str(env_file), mode], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    printed = auth_env("up")
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    assert values["NANIO_SECRET_KEY"] == "s3-secret" and values["MLOPS_SERVICE_MLFLOW_USERNAME"] == "mlops-service"
+    secrets = [values[k] for k in ("MLOPS_SERVICE_MLFLOW_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+                                   "PREFECT_API_AUTH_STRING")]
+    assert all(len(v) >= 12 for v in secrets)  # MLflow refuses an admin password under 12 characters
+    config, curl = state / "mlflow" / "basic_auth.ini", state / "run" / "prefect-auth.curl"
+    for path in (env_file, config, curl):
+        assert path.stat().st_mode & 0o077 == 0, path
+    assert auth_env("up") == printed and env_file.read_text().count("MLOPS_SERVICE_MLFLOW_PASSWORD=") == 1
+    clients = auth_env("clients")
+    for text in (printed, clients):
+        assert not any(secret in text for secret in secrets)
+    script = f'set -euo pipefail; eval "$1"; {sys.executable} -c "import json, os; print(json.dumps(dict(os.environ)))"'
+    shell = json.loads(subprocess.run(["bash", "-c", script, "-", printed], capture_output=True, text=True,
+                                      check=True, env={"PATH": os.environ["PATH"]}).stdout)
+    assert shell["MLFLOW_AUTH_ADMIN_PASSWORD"] == shell["MLFLOW_TRACKING_PASSWORD"] == secrets[0]
+    assert shell["PREFECT_SERVER_API_AUTH_STRING"] == shell["PREFECT_API_AUTH_STRING"] == secrets[2]
+    assert shell["MLFLOW_FLASK_SERVER_SECRET_KEY"] == secrets[1] and shell["MLFLOW_AUTH_CONFIG_PATH"] == str(config)
+    assert {"MLOPS_SERVICE_MLFLOW_PASSWORD", "PREFECT_API_AUTH_STRING"} <= {
+        line.split("=", 1)[0].removeprefix("export ") for line in clients.splitlines()}
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" not in clients  # a client shell gets no server settings
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(config))
+    assert read_auth_config().default_permission == "READ"
+    assert curl.read_text() == f'user = "{secrets[2]}"\n'
+    script = (LOCAL / "stack.sh").read_text()
+    assert "STACK_AUTH" in script.split("set -euo pipefail")[0], "the knob is documented in the header"
+    assert "STACK_AUTH" in (ROOT / "infra" / "README.md").read_text()
+
+
 def test_shell_scripts_pass_shellcheck():
     assert {LOCAL / "stack.sh", LOCAL / "s3.sh", ROOT / ".ci" / "run"} <= set(SHELL_SCRIPTS)
     shellcheck = shutil.which("shellcheck")
