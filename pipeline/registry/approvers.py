@@ -274,7 +274,7 @@ def check_approver(model_name: str, name: str) -> None:
     try:
         require_permission(model_name, user, creds, audit_too=False)
     except ApproverRefused as exc:
-        raise _refuse(model_name, user, "approve (Prefect form)", str(exc), "") from None
+        raise _refuse(model_name, user, "decide (Prefect form)", str(exc), "") from None
 
 
 def grant(model: str, user: str) -> None:

@@ -196,7 +196,7 @@ def test_check_approver_accepts_managers_only(server, registry, monkeypatch):
     for name, why in (("mallory", "'mallory' may not decide"), ("nobody", "'nobody' is not an MLflow user")):
         with pytest.raises(approvers.ApproverRefused, match=why):
             approvers.check_approver(model, name)
-    assert _refusals(model, "mallory")[-1]["tried"]["action"] == "approve (Prefect form)"
+    assert _refusals(model, "mallory")[-1]["tried"]["action"] == "decide (Prefect form)"
     assert _refusals(model, "nobody")
     assert promotion.aliases(model)["challenger"] == registry["v2"]
 
