@@ -17,7 +17,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -152,7 +154,7 @@ def test_up_starts_every_service_and_keeps_the_secret_private(stack):
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as resp:
         deployments = json.loads(resp.read())
-    assert {d["name"] for d in deployments} == {"training", "monitor", "promotion"}
+    assert {d["name"] for d in deployments} == {"training", "monitor", "promotion", "promotion-expiry"}
     clones = {step["prefect.deployments.steps.git_clone"]["repository"] for d in deployments for step in d["pull_steps"]}
     assert clones == {f"file://{stack.git_remote}"}  # every run clones the stack's git remote: no shared workspace
     assert {d["parameters"].get("remote") for d in deployments} == {"origin"}
@@ -435,6 +437,148 @@ def _wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+# ------------------------------------------------------------------------------------------------ approval waits
+
+APPROVAL_TIMEOUT = 45  # the promotion run's timeout_s in this drill (the flow's default: 7 days)
+REMINDER_WINDOW = 15  # the reminder automation's window in this drill (the shipped file: 1 day)
+
+
+class _Webhook:
+    """A local HTTP receiver standing in for the approval webhook: every POSTed JSON body, with when it came
+    (wall clock, comparable with the Prefect states' timestamps on this machine)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                received.append((time.time(), json.loads(body or b"{}")))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/approvals"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def first(self, *words: str) -> tuple[float, dict] | None:
+        """The first notification whose text holds every word, else None."""
+        return next(((t, body) for t, body in self.received if all(w in body.get("text", "") for w in words)), None)
+
+    def count(self, subject_start: str) -> int:
+        """How many notifications had a subject starting with `subject_start`."""
+        return sum(body.get("subject", "").startswith(subject_start) for _, body in self.received)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_promotion_nobody_answers_is_announced_reminded_and_rejected_by_timeout(stack, pipeline):
+    """The promotion deployment's run waits (suspended) for a decision nobody gives: the webhook hears that it
+    awaits approval (model, version, UI link), then a reminder; at its timeout the server fails the run, the
+    automation (infra/prefect/automations/promotion-timeout.yaml) runs promotion-expiry, which writes an audited
+    rejection by "timeout", and the webhook hears of it. Applying the shipped files again changes nothing."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import automations
+
+    challenger = _mlflow_client(stack).get_model_version_by_alias(MODEL, "challenger").version
+    hook = _Webhook()
+    try:
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{stack.prefect_port}/api"}):
+            done = automations.apply_files(webhook_url=hook.url)  # what `up` does with MLOPS_APPROVAL_WEBHOOK_URL
+            assert done.skipped == {} and done.approval_block == "created", done
+            reminder = automations.load(automations.APPROVAL_REMINDER, resolver=_ids()).name
+            assert automations.apply([automations.APPROVAL_REMINDER], within=REMINDER_WINDOW,
+                                     webhook_url=hook.url) == {reminder: "updated"}
+            try:
+                times = _unanswered_promotion(stack, hook, str(challenger))
+            finally:
+                automations.apply([automations.APPROVAL_REMINDER], webhook_url=hook.url)  # the shipped window
+            again = automations.apply(webhook_url=hook.url)
+            assert set(again.values()) == {"unchanged"} and len(again) == len(list(automations.AUTOMATIONS_DIR.glob(
+                "*.yaml"))), again
+    finally:
+        hook.close()
+    print(f"\n[stack] promotion run suspended → 'awaits approval' notification {times['notified']:.1f} s, "
+          f"reminder {times['reminded']:.1f} s (window {REMINDER_WINDOW} s); deadline (timeout {APPROVAL_TIMEOUT} s) → "
+          f"run Failed by the server {times['failed']:.1f} s; Failed → audited rejection by timeout "
+          f"{times['audited']:.1f} s, → its notification {times['told']:.1f} s")
+    for _, body in hook.received:
+        print(f"[stack] webhook: {body['text']!r}")
+
+
+def _ids():
+    """A resolver that names nothing on the server: loads a file only to read its name."""
+    import uuid
+
+    return lambda kind, name: str(uuid.uuid4())
+
+
+def _unanswered_promotion(stack, hook: _Webhook, version: str) -> dict[str, float]:
+    """Run the promotion deployment with a short timeout and answer nothing; seconds from the suspension (and from
+    the deadline) to each thing that must follow."""
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    run = run_deployment("promotion/promotion", parameters={"timeout_s": APPROVAL_TIMEOUT}, timeout=0,
+                         as_subflow=False)
+    with get_client(sync_client=True) as client:
+        def state():
+            return client.read_flow_run(run.id).state
+
+        waiting = _wait_for(lambda: (s := state()) and (s.is_paused() or s.is_final()) and s, 180,
+                            "the promotion run to wait for its decision")
+        assert waiting.is_paused(), f"the run did not wait: {waiting}"
+        suspended, deadline = waiting.timestamp.timestamp(), waiting.state_details.pause_timeout.timestamp()
+        assert {"mlops.awaiting-approval", f"mlops.model:{MODEL}", f"mlops.version:{version}"} <= set(
+            client.read_flow_run(run.id).tags)  # what promotion-expiry reads
+        notified = _wait_for(lambda: hook.first("awaits approval", MODEL, f"v{version}"), 60,
+                             "the 'awaits approval' notification")
+        assert f"/runs/flow-run/{run.id}" in notified[1]["text"], notified  # the run's UI link
+        reminded = _wait_for(lambda: hook.first("reminder", MODEL, f"v{version}"), REMINDER_WINDOW + 60,
+                             "the reminder")
+        failed = _wait_for(lambda: (s := state()).is_final() and s, APPROVAL_TIMEOUT + 60,
+                           "the server to fail the expired run")
+        assert failed.is_failed() and "paused and never resumed" in (failed.message or ""), failed
+        audit = _wait_for(lambda: _timeout_rejection(stack, version), 120, "the audited rejection by timeout")
+        told = _wait_for(lambda: hook.first("reject by timeout", MODEL, f"v{version}"), 60,
+                         "the notification of the rejection by timeout")
+    assert f"no decision within {APPROVAL_TIMEOUT} s" in audit["reason"], audit
+    assert hook.first("approval deadline passed", run.name), [b for _, b in hook.received]
+    subjects = (f"{MODEL} v{version} awaits approval", "reminder: ", f"promotion run {run.name}: approval deadline",
+                f"{MODEL} v{version}: reject by timeout")
+    for subject in subjects:  # each once per wait
+        assert hook.count(subject) == 1, (subject, [b["subject"] for _, b in hook.received])
+    assert len(hook.received) == len(subjects), [b["subject"] for _, b in hook.received]
+    aliases = json.loads(stack.run([sys.executable, "-c", ALIASES]).stdout.strip().splitlines()[-1])
+    assert aliases["challenger"] is None, aliases  # withdrawn: the next promotion needs a new challenger
+    ended = failed.timestamp.timestamp()
+    return {"notified": notified[0] - suspended, "reminded": reminded[0] - suspended, "failed": ended - deadline,
+            "audited": datetime.fromisoformat(audit["at"]).timestamp() - ended, "told": told[0] - ended}
+
+
+HISTORY = f"import json; from pipeline.registry import promotion; print(json.dumps(promotion.history({MODEL!r})))"
+ALIASES = f"import json; from pipeline.registry import promotion; print(json.dumps(promotion.aliases({MODEL!r})))"
+
+
+def _timeout_rejection(stack, version: str) -> dict | None:
+    """The audit record rejecting `version` by "timeout" (read from the MLflow server, as a user would), or None."""
+    result = stack.run([sys.executable, "-c", HISTORY], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    history = json.loads(result.stdout.strip().splitlines()[-1])
+    return next((r for r in history if r["action"] == "reject" and r["by"] == "timeout"
+                 and r["versions"].get("challenger") == version), None)
+
 
 
 # ------------------------------------------------------------------------------------------------ down
