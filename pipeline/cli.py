@@ -128,6 +128,9 @@ def serve(
     batch_max_wait_ms: Annotated[
         float | None, typer.Option(help="Micro-batch gathering wait (default: deploy.batch_max_wait_ms).")
     ] = None,
+    no_capture: Annotated[
+        bool, typer.Option("--no-capture", help="Record no sample of the answers (default: capture.enabled).")
+    ] = False,
 ) -> None:
     """Serve the champion over HTTP (/health, /predict, /reload, /metrics), hot-reloading when it changes."""
     from pipeline.delivery import server
@@ -141,7 +144,7 @@ def serve(
         "batch_max_images": batch_max_images,
         "batch_max_wait_ms": batch_max_wait_ms,
     }
-    call(server.serve, cfg, source, host, port, alias, **overrides)
+    call(server.serve, cfg, source, host, port, alias, capture=not no_capture, **overrides)
 
 
 def _champion_branch(cfg: Params, remote: str | None) -> None:

@@ -209,6 +209,17 @@ class DeployConfig(Section):
         return v
 
 
+class CaptureConfig(Section):
+    """`capture:` the sample of answered /predict requests the server records for the monitor (`delivery.capture`)."""
+
+    enabled: bool = False  # params.yaml turns it on; `mlops serve --no-capture` turns it off
+    sample_rate: float = Field(0.05, ge=0, le=1)  # fraction of requests recorded (all images of a sampled request)
+    batch_images: int = Field(256, ge=1)  # one .npz when this many images are buffered ...
+    flush_seconds: float = Field(30.0, gt=0)  # ... or when the oldest buffered one is this old
+    max_bytes_per_hour: int = Field(64 * 1024 * 1024, ge=0)  # raw pixel+probability bytes; beyond: dropped
+    max_buffer_images: int = Field(4096, ge=1)  # in-memory bound; when full: dropped (never blocks a request)
+
+
 def valid_endpoint(url: str) -> bool:
     """True for an http(s)://host[:port][/path] URL (what boto3 accepts as endpoint_url)."""
     from urllib.parse import urlsplit
@@ -235,6 +246,7 @@ class Params(Section):
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     monitor: MonitorConfig = MonitorConfig()
     deploy: DeployConfig = DeployConfig()
+    capture: CaptureConfig = CaptureConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

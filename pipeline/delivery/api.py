@@ -4,7 +4,8 @@ Every request body is read under `deploy.max_body_bytes` (declared or actually s
 float32 batch of 0–255 pixels (`pipeline.delivery.inputs`: JSON, PNG/JPEG, multipart files or .npy) before it
 reaches the model; anything malformed is a 4xx with a JSON {"error": ...} naming the problem. Each /predict
 request is pinned to the model that was current when it arrived, so a reload meanwhile never fails it; valid
-requests are micro-batched (`pipeline.delivery.batcher`) onto a pool of interpreters. /predict is a plain ASGI
+requests are micro-batched (`pipeline.delivery.batcher`) onto a pool of interpreters; a sample of the answers is
+captured for the monitor (`pipeline.delivery.capture`, when configured), flushed at shutdown. /predict is a plain ASGI
 handler in front of FastAPI (`pipeline.delivery.endpoint`: the framework's per-request cost is too high for it);
 /metrics is Prometheus text.
 """
@@ -19,8 +20,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from pipeline.core.config import DeployConfig
+from pipeline.core.config import CaptureConfig, DeployConfig
 from pipeline.delivery.batcher import MicroBatcher
+from pipeline.delivery.capture import CaptureWriter, sink_for
 from pipeline.delivery.endpoint import PredictEndpoint, PredictMiddleware, json_bytes
 from pipeline.delivery.holder import ModelHolder, Reloader
 from pipeline.delivery.metrics import CONTENT_TYPE, ServerMetrics
@@ -31,12 +33,22 @@ def _json(content: dict, status: int = 200) -> Response:
     return Response(json_bytes(content), status, media_type="application/json")
 
 
-def _lifespan(holder: ModelHolder, batcher: MicroBatcher, peers: ReloadPeers | None, every: float, reloader: bool):
-    """The app's lifespan: the background reloader (when `reloader`) and the peers' watcher run while the app does."""
+def _lifespan(
+    holder: ModelHolder,
+    batcher: MicroBatcher,
+    peers: ReloadPeers | None,
+    every: float,
+    reloader: bool,
+    capture: CaptureWriter | None = None,
+):
+    """The app's lifespan: the reloader (when `reloader`) and the peers' watcher run while the app does.
+
+    At the end the inference threads stop and the capture flushes what it has buffered.
+    """
 
     @asynccontextmanager
     async def lifespan(app):
-        """Run the reloader for as long as the app runs; stop the inference threads at the end."""
+        """Run the reloader for as long as the app runs; stop the inference threads and flush the capture at the end."""
         poller = Reloader(holder, every, peers.broadcast if peers else None) if reloader else None
         for thread in (poller, peers):
             if thread:
@@ -50,6 +62,8 @@ def _lifespan(holder: ModelHolder, batcher: MicroBatcher, peers: ReloadPeers | N
             if peers:
                 peers.close()
             batcher.close()
+            if capture:
+                capture.close()
 
     return lifespan
 
@@ -107,7 +121,12 @@ def _add_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
 
 
 def create_app(
-    source, cfg: DeployConfig | None = None, *, start_reloader: bool = True, peers_dir: Path | None = None
+    source,
+    cfg: DeployConfig | None = None,
+    *,
+    start_reloader: bool = True,
+    peers_dir: Path | None = None,
+    capture: tuple[CaptureConfig, str] | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `source`'s model. Loads it now (StageError if nothing can be served).
 
@@ -116,6 +135,7 @@ def create_app(
         cfg: the deploy: section (serving keys).
         start_reloader: poll the source every `cfg.reload_seconds` while the app runs.
         peers_dir: the directory shared by the worker processes of one server (`pipeline.delivery.peers`).
+        capture: (the capture: section, where captures go: `pipeline.delivery.capture.location`); None: no capture.
     """
     cfg = cfg or DeployConfig()
     metrics = ServerMetrics()
@@ -129,11 +149,13 @@ def create_app(
     )
     batcher = MicroBatcher(cfg.batch_max_images, cfg.batch_max_wait_ms, cfg.serve_threads, on_batch=metrics.batch)
     peers = ReloadPeers(peers_dir, holder) if peers_dir else None
-    lifespan = _lifespan(holder, batcher, peers, cfg.reload_seconds, start_reloader)
+    writer = CaptureWriter(capture[0], sink_for(capture[1], cfg), observer=metrics.capture) if capture else None
+    lifespan = _lifespan(holder, batcher, peers, cfg.reload_seconds, start_reloader, writer)
     app = FastAPI(title="image classifier", lifespan=lifespan)
-    app.state.holder, app.state.batcher, app.state.metrics = holder, batcher, metrics
+    app.state.holder, app.state.batcher, app.state.metrics, app.state.capture = holder, batcher, metrics, writer
     _add_health(app, holder, source, metrics)
-    app.add_middleware(PredictMiddleware, endpoint=PredictEndpoint(holder, batcher, cfg.max_body_bytes, metrics))
+    endpoint = PredictEndpoint(holder, batcher, cfg.max_body_bytes, metrics, writer)
+    app.add_middleware(PredictMiddleware, endpoint=endpoint)
     _add_reload(app, holder, metrics, peers)
     _add_metrics(app, metrics)
     return app

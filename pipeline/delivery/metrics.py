@@ -1,7 +1,8 @@
 """Prometheus metrics of the model server, exposed at GET /metrics in the text format.
 
 Requests by route, status and input kind; request latency; micro-batch sizes; images classified; the served model
-version (a gauge that is 1 for the version served, label `version`); reload outcomes. Each app gets its own
+version (a gauge that is 1 for the version served, label `version`); reload outcomes; the capture's images and bytes
+written, files written (flushes), failed writes and dropped images by reason. Each app gets its own
 registry. With several uvicorn worker processes the server sets PROMETHEUS_MULTIPROC_DIR (a temp dir it creates)
 before the workers start: prometheus_client then keeps every process's values in files there, and /metrics,
 answered by whichever worker, aggregates all of them.
@@ -63,6 +64,30 @@ class ServerMetrics:
             multiprocess_mode="livemax", registry=reg,
         )  # fmt: skip
         self.reloads = Counter("mlops_serve_reloads", "Model reloads by result (ok, failed)", ["result"], registry=reg)
+        self._add_capture(reg)
+
+    def _add_capture(self, reg: CollectorRegistry) -> None:
+        """The capture's counters (`pipeline.delivery.capture`), by the writer's event names."""
+        self.capture_counters = {
+            event: Counter(f"mlops_serve_capture_{event}", text, registry=reg)
+            for event, text in (
+                ("images", "Captured images written"),
+                ("bytes", "Bytes of capture files written"),
+                ("flushes", "Capture files written"),
+                ("flush_errors", "Failed capture file writes (retried)"),
+            )
+        }
+        self.capture_dropped = Counter(
+            "mlops_serve_capture_dropped", "Sampled images not captured, by reason (queue_full, budget, upload)",
+            ["reason"], registry=reg,
+        )  # fmt: skip
+
+    def capture(self, event: str, count: int = 1, reason: str = "") -> None:
+        """Count a capture event: images, bytes, flushes, flush_errors, or dropped (with its reason)."""
+        if event == "dropped":
+            self.capture_dropped.labels(reason).inc(count)
+        else:
+            self.capture_counters[event].inc(count)
 
     def observe(self, route: str, status: int, kind: str, started: float, images: int = 0) -> None:
         """Count one answered request (and its images) and its latency since `started` (time.perf_counter())."""

@@ -4,7 +4,8 @@ A *source* supplies the model: `load() -> (TFLiteModel, manifest)` and a cheap `
 `S3Source` follows champion/pointer.json in S3 (what `mlops deploy` writes); `RegistrySource` follows an MLflow
 alias directly. `pipeline.delivery.holder` keeps the loaded model and swaps it when the source's version
 changes; `pipeline.delivery.api` is the FastAPI app (/health, /predict, /reload, /metrics); `serve` runs it with uvicorn
-(uvloop + httptools, access log off by default), in one process or `deploy.serve_workers` worker processes.
+(uvloop + httptools, access log off by default), in one process or `deploy.serve_workers` worker processes, each
+capturing a sample of its answers under `capture.location` when `capture.enabled` (`pipeline.delivery.capture`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.core.config import DeployConfig, Params
+from pipeline.core.config import CaptureConfig, DeployConfig, Params
 from pipeline.core.errors import StageError
 from pipeline.delivery import releases
 from pipeline.delivery.api import create_app
+from pipeline.delivery.capture import location
 from pipeline.delivery.metrics import MULTIPROC_ENV
 from pipeline.delivery.s3 import s3_client, s3_url
 from pipeline.registry import store
@@ -117,7 +119,14 @@ def app_from_env():
     spec = json.loads(os.environ[SERVE_ENV])
     cfg = DeployConfig.model_validate(spec["deploy"])
     source = _source(cfg, spec["model_name"], spec["source"], spec["alias"])
-    return create_app(source, cfg, peers_dir=Path(spec["peers_dir"]))
+    capture = spec.get("capture")
+    captured = (CaptureConfig.model_validate(capture[0]), capture[1]) if capture else None
+    return create_app(source, cfg, peers_dir=Path(spec["peers_dir"]), capture=captured)
+
+
+def capture_of(params: Params, enabled: bool = True) -> tuple[CaptureConfig, str] | None:
+    """(capture: section, where captures go) when `capture.enabled` and `enabled` (not --no-capture), else None."""
+    return (params.capture, location(params)) if params.capture.enabled and enabled else None
 
 
 def serve_config(params: Params, **overrides) -> DeployConfig:
@@ -139,11 +148,13 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     alias: str = CHAMPION,
+    capture: bool = True,
     **overrides,
 ) -> None:
     """Run the API with uvicorn until interrupted: one process, or `serve_workers` worker processes.
 
     `alias` is the registry alias served with `source_kind` registry (e.g. challenger, for a staging server).
+    `capture` False (`--no-capture`) turns the `capture:` section's sampling off.
     `overrides` are DeployConfig fields (serve_workers, serve_threads, batch_max_images, batch_max_wait_ms).
     Several workers each load the model (sha256 checked), micro-batch and hot-reload on their own; POST /reload
     reaches all of them (`pipeline.delivery.peers`) and /metrics aggregates them, through a temp dir created here
@@ -154,6 +165,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = serve_config(params, **overrides)
     source = _source(cfg, params.register_.model_name, source_kind, alias)
+    captured = capture_of(params, capture)
     run: dict[str, Any] = {
         "host": host or cfg.serve_host,
         "port": port or cfg.serve_port,
@@ -163,7 +175,7 @@ def serve(
         "http": "httptools",
     }
     if cfg.serve_workers == 1:
-        uvicorn.run(create_app(source, cfg), **run)
+        uvicorn.run(create_app(source, cfg, capture=captured), **run)
         return
     source.current_version()  # fail here, clearly, when nothing can be served (not in every worker)
     with tempfile.TemporaryDirectory(prefix="mlops-serve-") as shared:
@@ -176,6 +188,7 @@ def serve(
             "source": source_kind,
             "alias": alias,
             "peers_dir": str(Path(shared, "peers")),
+            "capture": [captured[0].model_dump(mode="json"), captured[1]] if captured else None,
         }
         os.environ[SERVE_ENV] = json.dumps(spec)
         uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=cfg.serve_workers, **run)
