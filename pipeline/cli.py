@@ -18,6 +18,7 @@ import typer
 
 from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, fail, load, path_or
 from pipeline.core.config import Params
+from pipeline.monitoring import cli as monitoring_cli
 from pipeline.stages import compress, evaluate, ingest, preprocess, register, train, validate
 from pipeline.versioning import cli as versioning_cli
 
@@ -27,6 +28,7 @@ for _stage in (ingest, validate, preprocess, train, compress, evaluate, register
     app.command(_stage.__name__.rsplit(".", 1)[-1])(_stage.command)
 app.command("commit-run")(versioning_cli.commit_run_command)
 app.command("reproduce")(versioning_cli.reproduce_command)
+app.command("label")(monitoring_cli.label_command)
 
 
 @app.command()
@@ -45,8 +47,13 @@ def simulate(
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch (default: monitor.batch_size).")] = None,
     seed: Annotated[int | None, typer.Option(help="Noise/label-shift seed (default: params.yaml seed).")] = None,
+    unlabelled: Annotated[
+        bool, typer.Option(help="Write captured traffic instead: <out>/captured/capture-*.npz (x, request_id; no y).")
+    ] = False,
 ) -> None:
-    """Write labelled incoming batches from the held-out stream split, with simulated drift, for the monitor."""
+    """Write incoming batches from the held-out stream split, with simulated drift, for the monitor: labelled
+    (x, y), or with --unlabelled as the model server captures its traffic (under captured/).
+    """
     from pipeline.core import io
     from pipeline.monitoring import simulate as simulator
 
@@ -75,11 +82,14 @@ def simulate(
         cfg.seed if seed is None else seed,
         num_classes=len(manifest["class_names"]),
     )
+    if unlabelled:
+        paths = [simulator.to_captured(path, out / "captured") for path in paths]
     if to_inbox:
         from pipeline.delivery import inbox
 
         assert cfg.monitor.inbox is not None
-        written = call(inbox.upload, cfg.deploy, cfg.monitor.inbox, paths)
+        uri = f"{cfg.monitor.inbox.rstrip('/')}/captured" if unlabelled else cfg.monitor.inbox
+        written = call(inbox.upload, cfg.deploy, uri, paths)
         shutil.rmtree(out, ignore_errors=True)
     else:
         written = [str(path) for path in paths]

@@ -176,6 +176,11 @@ class MonitorConfig(Section):
     cooldown_minutes: float = Field(60.0, ge=0)
     experiment: str = Field("monitoring", min_length=1)
     inbox: str | None = None  # s3://bucket/prefix where incoming batches arrive; None: the paths.incoming folder
+    captured: str = "data/captured"  # unlabelled captured images waiting for labels (DVC-tracked, never trained on)
+    low_confidence: float = Field(0.6, gt=0, lt=1)  # an answer whose max probability is below this is unsure
+    max_low_confidence_increase: float = Field(0.1, gt=0, le=1)  # unsure share above the reference's by more: drift
+    label_request_size: int = Field(50, ge=1)  # images asked for in one labelling request
+    min_new_labels: int = Field(100, ge=1)  # labelled captured images needed before unlabelled drift retrains
 
     @field_validator("inbox")
     @classmethod

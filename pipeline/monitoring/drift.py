@@ -152,7 +152,7 @@ def ks(ref_values: np.ndarray, values: np.ndarray) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------- decision
 
 
-def _input_drift(profile: dict, x_batch: np.ndarray, cfg: MonitorConfig) -> tuple[dict, bool, list[str]]:
+def input_drift(profile: dict, x_batch: np.ndarray, cfg: MonitorConfig) -> tuple[dict, bool, list[str]]:
     """KS test per image feature against the reference samples: ({feature: {stat, p}}, drifted, reasons)."""
     feats = image_features(x_batch)
     ks_out, drifted, reasons = {}, False, []
@@ -169,7 +169,7 @@ def _input_drift(profile: dict, x_batch: np.ndarray, cfg: MonitorConfig) -> tupl
     return ks_out, drifted, reasons
 
 
-def _prediction_drift(profile: dict, pred_batch: np.ndarray, cfg: MonitorConfig) -> tuple[dict, list[str]]:
+def prediction_drift(profile: dict, pred_batch: np.ndarray, cfg: MonitorConfig) -> tuple[dict, list[str]]:
     """PSI (decides) and chi-square p-value (reported) of the predicted-class mix against the reference."""
     counts, frac = _class_fractions(pred_batch, int(profile["num_classes"]))
     psi_value = psi(profile["pred_frac"], frac) if len(pred_batch) else 0.0
@@ -238,8 +238,8 @@ def assess(
             f"batch of {n} images has {len(pred_batch)} predictions"
             + ("" if y_batch is None else f" and {len(y_batch)} labels")
         )
-    ks_out, ks_drift, input_reasons = _input_drift(profile, x_batch, cfg)
-    prediction, prediction_reasons = _prediction_drift(profile, pred_batch, cfg)
+    ks_out, ks_drift, input_reasons = input_drift(profile, x_batch, cfg)
+    prediction, prediction_reasons = prediction_drift(profile, pred_batch, cfg)
     quality, quality_reasons = _degradation(profile, pred_batch, y_batch, champion_accuracy, cfg)
     return {
         "n": n,

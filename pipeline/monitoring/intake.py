@@ -26,7 +26,7 @@ from pipeline.core import io
 from pipeline.core.clock import utc_now
 from pipeline.core.config import Params, ValidateConfig
 from pipeline.core.errors import StageError
-from pipeline.monitoring import drift
+from pipeline.monitoring import drift, signals
 from pipeline.monitoring.scoring import predict_classes
 from pipeline.monitoring.state import MonitorState
 
@@ -50,7 +50,12 @@ def next_batch(params: Params, state: MonitorState | None = None) -> Path | None
     saved at paths.monitor_state is read.
     """
     state = state if state is not None else MonitorState.load(params.paths.monitor_state)
-    for path in _incoming(Path(params.paths.incoming)):
+    return oldest_new(Path(params.paths.incoming), state)
+
+
+def oldest_new(directory: Path, state: MonitorState) -> Path | None:
+    """The oldest .npz directly in `directory` whose content `state` has not processed yet; None if none."""
+    for path in _incoming(directory):
         if io.sha256_file(path) not in state.processed:
             return path
     return None
@@ -119,7 +124,7 @@ def validate_batch(
 # --------------------------------------------------------------------------------------------- files
 
 
-def _destination(dest_dir: Path, src: Path, sha: str) -> Path:
+def destination(dest_dir: Path, src: Path, sha: str) -> Path:
     """dest_dir/<name>, unless a different file already holds that name (then <stem>-<sha12>.npz)."""
     dest = dest_dir / src.name
     if dest.exists() and io.sha256_file(dest) != sha:
@@ -127,7 +132,7 @@ def _destination(dest_dir: Path, src: Path, sha: str) -> Path:
     return dest
 
 
-def _move(src: Path, dest: Path) -> None:
+def move(src: Path, dest: Path) -> None:
     """Move the batch and its .json sidecar (if any); the .npz last, so a half-done move is repaired next time."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     sidecar = src.with_suffix(".json")
@@ -143,10 +148,11 @@ def _finish_move(path: Path, entry: dict) -> None:
     """
     dest = Path(entry["moved_to"])
     if path.exists() and not dest.exists():
-        _move(path, dest)
+        move(path, dest)
 
 
-def _state_path(state: MonitorState, params: Params) -> Path:
+def state_path(state: MonitorState, params: Params) -> Path:
+    """Where `state` is saved: where it was loaded from, else paths.monitor_state."""
     return state.path or Path(params.paths.monitor_state)
 
 
@@ -168,7 +174,7 @@ def check_batch(
     """
     path = Path(batch_path)
     sha = io.sha256_file(path) if path.exists() else None
-    previous = _previous_record(path, sha, state)
+    previous = previous_record(path, sha, state)
     if previous is not None:
         return {**previous, "duplicate": True}
 
@@ -183,10 +189,12 @@ def check_batch(
 
     pred = predict_classes(champion_model, x)
     result = drift.assess(profile, x, pred, y, champion_accuracy, params.monitor)
+    result["signals"] = signals.labelled_signals(result, params.monitor)
+    result["fired"] = signals.fired(result["signals"])
     return _record_accepted(state, params, path, record, len(x), validation, result)
 
 
-def _previous_record(path: Path, sha: str | None, state: MonitorState) -> dict | None:
+def previous_record(path: Path, sha: str | None, state: MonitorState) -> dict | None:
     """The record of an already processed batch (by name once moved away, else by content `sha`), repairing an
     unfinished move; None for a new batch. StageError for a missing file that was never processed.
     """
@@ -212,7 +220,8 @@ def _load_and_validate(path: Path, profile: dict, cfg: ValidateConfig) -> tuple[
         return np.zeros(0), np.zeros(0), failed
 
 
-def _summary(validation: dict) -> dict:
+def summary(validation: dict) -> dict:
+    """The part of a validation result a batch record keeps."""
     return {k: validation.get(k) for k in ("success", "rows", "statistics")}
 
 
@@ -222,7 +231,7 @@ def _record_accepted(
     """Count the batch as bad or good, record it, save the state, then move it to paths.accepted."""
     bad = result["drifted"] or result["degraded"]
     state.consecutive_bad = state.consecutive_bad + 1 if bad else 0
-    dest = _destination(Path(params.paths.accepted), path, record["sha256"])
+    dest = destination(Path(params.paths.accepted), path, record["sha256"])
     record.update(
         {
             "status": "accepted",
@@ -230,7 +239,7 @@ def _record_accepted(
             "bad": bad,
             "consecutive_bad": state.consecutive_bad,
             "moved_to": str(dest),
-            "validation": _summary(validation),
+            "validation": summary(validation),
             "assessment": result,
         }
     )
@@ -250,8 +259,8 @@ def _record_accepted(
             "consecutive_bad": state.consecutive_bad,
         }
     )
-    state.save(_state_path(state, params))
-    _move(path, dest)
+    state.save(state_path(state, params))
+    move(path, dest)
     return record
 
 
@@ -259,7 +268,7 @@ def _record_rejected(
     state: MonitorState, params: Params, path: Path, record: dict, reasons: list[str], validation: dict
 ) -> dict:
     """Record the batch as rejected (not counted), save the state, then move it to <paths.incoming>/rejected/."""
-    dest = _destination(Path(params.paths.incoming) / REJECTED, path, record["sha256"])
+    dest = destination(Path(params.paths.incoming) / REJECTED, path, record["sha256"])
     record.update(
         {
             "status": "rejected",
@@ -267,13 +276,13 @@ def _record_rejected(
             "bad": False,
             "consecutive_bad": state.consecutive_bad,
             "moved_to": str(dest),
-            "validation": {**_summary(validation), "failures": validation.get("failures", [])},
+            "validation": {**summary(validation), "failures": validation.get("failures", [])},
         }
     )
     state.processed[record["sha256"]] = record
     state.history.append(
         {"at": record["at"], "event": "batch", "file": path.name, "status": "rejected", "reasons": reasons[:3]}
     )
-    state.save(_state_path(state, params))
-    _move(path, dest)
+    state.save(state_path(state, params))
+    move(path, dest)
     return record

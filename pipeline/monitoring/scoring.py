@@ -30,6 +30,33 @@ def predict_classes(model, x: np.ndarray) -> np.ndarray:
     return np.argmax(logits, axis=1).astype(np.int64)
 
 
+def predict_probs(model, x: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, K) float32 of `model` (softmax of its logits) on ingested-format images."""
+    from pipeline.ml.tflite import softmax
+
+    logits = model.predict(model_input(x, model.input_shape))
+    return softmax(np.asarray(logits, np.float64)).astype(np.float32)
+
+
+def confidence_reference(
+    data_dir: str | Path, model, sample: int = 5000, seed: int = 0, splits: tuple[str, ...] = ("test", "val")
+) -> dict | None:
+    """{"split", "max_prob": [...]}: the model's max class probability on a seeded sample of the first non-empty
+    split of `splits` (held out: the confidence served traffic should show); None when none has images.
+    """
+    rng = np.random.default_rng([seed, 1])
+    for split in splits:
+        try:
+            x, _ = io.read_split(Path(data_dir), split)
+        except FileNotFoundError:
+            continue
+        if len(x):
+            idx = np.sort(rng.choice(len(x), size=min(sample, len(x)), replace=False))
+            max_prob = predict_probs(model, x[idx]).max(axis=1)
+            return {"split": split, "max_prob": [round(float(v), 4) for v in max_prob]}
+    return None
+
+
 def _sample_accuracy(data_dir: Path, split: str, model, sample: int, rng: np.random.Generator) -> float | None:
     """The model's accuracy on a seeded sample of `split`; None when that split is empty or missing."""
     try:
@@ -71,6 +98,7 @@ def build_profile(
             "accuracy_split": accuracy_split if accuracy else None,
             "class_names": list(manifest["class_names"]),
             "manifest_checksum": manifest.get("checksum"),
+            "confidence": confidence_reference(data_dir, champion_model, sample, seed),
         }
     )
     return profile

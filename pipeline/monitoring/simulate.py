@@ -208,3 +208,26 @@ def write_batches(
         out_dir / CURSOR_FILE, {"stream": cursor["stream"], "next": pos, "batches": seq, "stream_size": len(stream_x)}
     )
     return paths
+
+
+def to_captured(batch: Path, out_dir: Path) -> Path:
+    """Rewrite a written batch as unlabelled captured traffic: `out_dir/capture-<UTC stamp>-<uuid8>.npz` with x,
+    request_id (`<uuid8>-<row>`) and time (no y, pred or probs: the monitor scores them with the champion). The
+    sidecar moves along (with "unlabelled": true); the labelled batch is removed.
+    """
+    import uuid
+
+    with np.load(batch, allow_pickle=False) as data:
+        x = data["x"]
+    now, tag = utc_now(), uuid.uuid4().hex[:8]
+    path = Path(out_dir) / f"capture-{now.strftime('%Y%m%dT%H%M%SZ')}-{tag}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sidecar = batch.with_suffix(".json")
+    if sidecar.is_file():
+        io.write_json(path.with_suffix(".json"), {**io.read_json(sidecar), "unlabelled": True, "from": batch.name})
+        sidecar.unlink()
+    ids = np.array([f"{tag}-{i:05d}" for i in range(len(x))], dtype=str)
+    with io.atomic_path(path) as tmp:
+        np.savez_compressed(tmp, x=x, request_id=ids, time=np.full(len(x), now.timestamp(), np.float64))
+    batch.unlink()
+    return path

@@ -1,0 +1,42 @@
+"""`mlops label`: labels join captured traffic later (pipeline/monitoring/labels.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.core.command import DEFAULT_PARAMS, ParamsOpt, call, fail, load
+
+
+def label_command(
+    request_id: Annotated[
+        str | None, typer.Argument(metavar="REQUEST_ID", help="A captured image's request id.")
+    ] = None,
+    value: Annotated[str | None, typer.Argument(metavar="LABEL", help="Its class index or class name.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="CSV with columns request_id,label (or JSON {request_id: label}).")
+    ] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Attach labels to captured images waiting in monitor.captured; they become an accepted batch (next training
+    data version). All or nothing: unknown request ids or labels are named and nothing is applied.
+    """
+    from pipeline.core import io
+    from pipeline.monitoring import labels
+    from pipeline.monitoring.state import MonitorState
+
+    if (request_id is None) != (value is None) or (file is None and request_id is None):
+        fail("give --file labels.csv and/or REQUEST_ID LABEL")
+    cfg = load(params)
+    pairs = call(labels.read_label_file, file) if file is not None else []
+    if request_id is not None and value is not None:
+        pairs.append((request_id, value))
+    class_names = call(io.read_json, Path(cfg.paths.ingested) / "manifest.json")["class_names"]
+    state = call(MonitorState.load, cfg.paths.monitor_state)
+    result = call(labels.apply_labels, cfg, pairs, class_names, state, str(file or "command line"))
+    typer.echo(
+        f"labelled {result['labelled']} captured image(s) -> {result['accepted']} "
+        f"({result['new_labels']} of monitor.min_new_labels={cfg.monitor.min_new_labels} since the last retrain)"
+    )
