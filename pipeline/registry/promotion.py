@@ -92,7 +92,11 @@ def comparison_markdown(cmp: dict) -> str:
     def fmt(v, pct=False):
         if v is None:
             return "–"
-        return f"{v * 100:.2f}%" if pct else (f"{v:,.4g}" if isinstance(v, float) else str(v))
+        if pct:
+            return f"{v * 100:.2f}%"
+        if isinstance(v, float):
+            return f"{int(v):,}" if v.is_integer() else f"{v:,.4g}"
+        return str(v)
 
     rows = [
         ("version", new["version"], old.get("version")),
