@@ -5,9 +5,10 @@ Every batch's decision record lists its signals as {"name", "value", "threshold"
 * `input.<feature>` - KS statistic of an image statistic (mean, std, sharpness) vs the training reference; fires when
   the statistic >= drift.KS_MIN_STAT and p < monitor.drift_p_value;
 * `class_mix.psi`   - PSI of the predicted-class mix vs the champion's on the training reference (chi-square p is
-  reported alongside); fires above monitor.psi_threshold;
+  reported alongside); fires above monitor.psi_threshold (unlabelled batches: and chi-square p < drift_p_value);
 * `confidence.low_share` - share of answers whose max probability is below monitor.low_confidence, minus that share
-  on the reference's held-out split; fires above monitor.max_low_confidence_increase;
+  on the reference's held-out split; fires above monitor.max_low_confidence_increase (and binomial p <
+  drift_p_value);
 * `accuracy.drop`   - labelled batches only: the champion's baseline accuracy minus the batch's; fires above
   monitor.max_accuracy_drop.
 
@@ -18,6 +19,7 @@ signals, no accuracy.
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 from pipeline.core.config import MonitorConfig
 from pipeline.monitoring import drift
@@ -42,9 +44,12 @@ def input_signals(ks_out: dict, cfg: MonitorConfig) -> list[dict]:
     ]
 
 
-def class_mix_signal(psi_value: float, chi2_p: float, cfg: MonitorConfig) -> dict:
-    """`class_mix.psi`: PSI of the predicted-class mix (decides), chi-square p-value (reported)."""
-    return _signal("class_mix.psi", psi_value, cfg.psi_threshold, psi_value > cfg.psi_threshold, chi2_p=chi2_p)
+def class_mix_signal(psi_value: float, chi2_p: float, cfg: MonitorConfig, significant: bool = False) -> dict:
+    """`class_mix.psi`: PSI of the predicted-class mix decides, chi-square p-value reported; with `significant` the
+    p-value must also be below drift_p_value (captured files can be small, and PSI of a few images is noise).
+    """
+    fires = psi_value > cfg.psi_threshold and (not significant or chi2_p < cfg.drift_p_value)
+    return _signal("class_mix.psi", psi_value, cfg.psi_threshold, fires, chi2_p=chi2_p)
 
 
 def labelled_signals(result: dict, cfg: MonitorConfig) -> list[dict]:
@@ -64,19 +69,24 @@ def low_confidence_share(max_prob, threshold: float) -> float | None:
 
 
 def confidence_signal(profile: dict, probs: np.ndarray, cfg: MonitorConfig) -> tuple[dict, np.ndarray]:
-    """(`confidence.low_share` signal, per-image max probability). Without a reference (old profile) the reference
-    share counts as 0, so the signal compares the batch share alone with the allowed increase.
+    """(`confidence.low_share` signal, per-image max probability). It fires when the increase exceeds the allowed one
+    and a one-sided binomial test (batch count vs the reference share) has p < drift_p_value, so a few unsure
+    answers in a small captured file are no alarm. Without a reference the reference share counts as 0.
     """
     max_prob = np.asarray(probs, np.float64).max(axis=1) if len(probs) else np.zeros(0)
     share = low_confidence_share(max_prob, cfg.low_confidence) or 0.0
     reference = (profile.get("confidence") or {}).get("max_prob") or []
     ref_share = low_confidence_share(reference, cfg.low_confidence) or 0.0
     increase = share - ref_share
+    k, n_ref = int(np.sum(max_prob < cfg.low_confidence)), len(reference)
+    p0 = (ref_share * n_ref + 1) / (n_ref + 2)  # Laplace: a reference sample with no unsure answer is not a share of 0
+    p = float(stats.binomtest(k, len(max_prob), p0, alternative="greater").pvalue) if len(max_prob) else 1.0
     signal = _signal(
         "confidence.low_share",
         increase,
         cfg.max_low_confidence_increase,
-        increase > cfg.max_low_confidence_increase,
+        increase > cfg.max_low_confidence_increase and p < cfg.drift_p_value,
+        p=p,
         share=share,
         reference_share=ref_share,
         below=cfg.low_confidence,
@@ -117,10 +127,11 @@ def assess_unlabelled(
     confidence, max_prob = confidence_signal(profile, probs, cfg)
     signals = [
         *input_signals(ks_out, cfg),
-        class_mix_signal(prediction["psi"], prediction["chi2_p"], cfg),
+        class_mix_signal(prediction["psi"], prediction["chi2_p"], cfg, significant=True),
         confidence,
     ]
     names = fired(signals)
+    confidence_reasons = [_reason(confidence)] if confidence["fired"] else []
     return {
         "n": n,
         "labelled": False,
@@ -136,6 +147,6 @@ def assess_unlabelled(
         "degraded": False,
         "signals": signals,
         "fired": names,
-        "reasons": input_reasons + prediction_reasons + ([_reason(confidence)] if confidence["fired"] else []),
+        "reasons": input_reasons + (prediction_reasons if signals[-2]["fired"] else []) + confidence_reasons,
         "max_prob": [round(float(v), 4) for v in max_prob],
     }
