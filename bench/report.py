@@ -110,6 +110,27 @@ def measured(results: dict) -> str:
     return "; ".join(parts)
 
 
+def serving_capture_details(s: dict | None) -> list[str]:
+    """Serving with capture on vs off (bench/serving_capture.py): min / median per mode, ratios, storage."""
+    if not s or not isinstance(s.get("on"), dict):
+        return []
+    names = {"p50_ms": "p50 ms", "p99_ms": "p99 ms", "requests_per_second": "req/s"}
+    ratio = s.get("ratio_on_over_off_median", {})
+    body = [
+        [names[k], *(f"{s[m][k]['min']:.1f} / {s[m][k]['median']:.1f}" for m in ("off", "on")), f"{ratio.get(k)}"]
+        for k in names
+    ]
+    capture = s.get("capture", {})
+    return [
+        "", "### Serving with capture on vs off", "", f"`{s.get('command', 'bench/serving_capture.py')}`", "",
+        (f"{s.get('model')}; {s.get('load')}; sample_rate {capture.get('sample_rate')}; "
+         f"{len(s.get('runs', [])) // 2} runs per mode, alternating off/on. Min / median over runs:"), "",
+        *table(["figure", "capture off", "capture on", "on ÷ off (medians)"], body), "",
+        (f"Capture storage: {s.get('capture_bytes_per_1000_requests')} bytes per 1,000 requests as measured (one "
+         f"repeated body), {s.get('capture_bytes_per_1000_requests_distinct_images')} estimated for distinct images."),
+    ]  # fmt: skip
+
+
 def results_md(results: dict) -> str:
     """The whole of bench/RESULTS.md."""
     summary = rows(results)
@@ -130,6 +151,7 @@ def results_md(results: dict) -> str:
         *comparison_details(results),
         *default_run_details(results.get("default_run")),
         *serving_details(results.get("serving")),
+        *serving_capture_details(results.get("serving_capture")),
         *frontier_details(results.get("frontier")),
         *precision_details(results.get("precision")),
         "",

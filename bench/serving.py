@@ -10,6 +10,8 @@ generator included): (a) 32 clients single-image >= 2,000 req/s with p99 <= 50 m
 the verdict on the best binary body (.npy or PNG, whichever has the higher req/s among those meeting p99, else the
 higher req/s); (b) 32-image binary (.npy) requests >= 50 % of the raw batch-32 images/s.
 
+Capture on vs off (and its storage per 1,000 requests) is bench/serving_capture.py.
+
 The "before" key holds the old JSON-only server (commit 42aaad6) on the same workspace: `--before FILE` takes it
 from the "serving" section FILE's old bench/serving.py wrote (run it from a checkout of 42aaad6 on this machine,
 just before this run, so both sides share the machine); without it, the previous section's "before" is carried.
