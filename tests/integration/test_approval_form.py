@@ -19,6 +19,7 @@ import urllib.request
 
 import pytest
 
+from flows import automations
 from tests.helpers_browser import (
     browser,
     fill_approval,
@@ -33,6 +34,7 @@ from tests.helpers_project import ROOT, stop_group, tool_env
 from tests.helpers_s3 import free_port
 
 pytestmark = pytest.mark.integration
+ZOMBIE_WINDOW = 10  # seconds (Prefect's minimum for a proactive trigger); the shipped file says 240
 
 DRILL = """import json
 import time
@@ -90,6 +92,7 @@ def served_drill(tmp_path):
     api = f"http://127.0.0.1:{port}/api"
     env = tool_env({"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api, "PREFECT_UI_API_URL": api,
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+                    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
                     "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"})
     (tmp_path / "drill.py").write_text(DRILL)
     procs = []
@@ -106,6 +109,9 @@ def served_drill(tmp_path):
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings({PREFECT_API_URL: api}):
+            # the shipped zombie automation (heartbeats stop → Crashed) with a 10 s window: a suspended run sends no
+            # heartbeats, and must still not be taken for a dead one
+            automations.apply([automations.ZOMBIE_FLOW_RUNS], within=ZOMBIE_WINDOW)
             yield f"http://127.0.0.1:{port}", api, tmp_path
     finally:
         for proc in reversed(procs):
@@ -147,6 +153,8 @@ def test_the_form_cannot_be_submitted_wrong_and_a_refused_answer_asks_again(serv
     _wait(lambda: f"Execution of flow run '{flow_run_id}' is paused" in (tmp_path / "serve.log").read_text(), 30,
           "the run's process to exit while it waits (no process is held)")
     started = time.monotonic()
+    time.sleep(ZOMBIE_WINDOW + 6)
+    assert _state(flow_run_id).name == "Suspended", "the zombie automation left the waiting run alone"
     with browser() as driver:
         review = show_artifact(driver, ui, flow_run_id, "promotion-review", expect="test accuracy")
         assert "Promotion review: demo-model" in review and "91.00%" in review and "|---|" not in review, review
