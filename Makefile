@@ -113,7 +113,7 @@ bench: setup dataset bench-tools  ## benchmark suite (after `make run`): bench/r
 	step orchestration.py; step training.py; step input_pipeline.py; step compression.py --workspace ..; \
 	step scaling.py; step run_overhead.py; step default_run.py --workspace ..; \
 	if (cd .. && $(BIN)/mlops status 2>/dev/null) | grep -q "'champion': '"; then alias=champion; else alias=challenger; fi; \
-	step serving.py --workspace .. --alias $$alias; \
+	step serving.py --workspace .. --alias $$alias; step serving_capture.py --runs 3; \
 	step report.py; \
 	echo "make bench: $$((SECONDS - start)) s in all ($$(((SECONDS - start) / 60)) min)"
 
