@@ -20,6 +20,7 @@ import urllib.request
 
 import pytest
 
+from tests.helpers_browser import browser, fill_approval, open_resume_form, screenshot, show_artifact, submit
 from tests.helpers_project import FASHION_MNIST, make_project, run, stop_group, tool_env
 from tests.helpers_s3 import free_port
 from tests.helpers_stack import Stack
@@ -67,7 +68,7 @@ def stack(tmp_path, monkeypatch):
     work = make_project(tmp_path, PARAMS)
     services = Stack(tmp_path / "stack", work, extra_env={
         "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "true", "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
-        "PREFECT_WORKER_QUERY_SECONDS": "2"})
+        "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_UI_ENABLED": "true"})  # the approver's browser needs the UI
     logs = tmp_path / "logs"
     logs.mkdir()
     procs = []
@@ -132,16 +133,39 @@ def _final(flow_run_id, timeout: float):
     return _wait(done, timeout, f"flow run {flow_run_id} to finish", interval=2)
 
 
-def _approve_pending_promotion(n_expected: int, reason: str) -> None:
-    """Find the paused promotion run and answer its approval form through Prefect's input API."""
-    from prefect.flow_runs import resume_flow_run
+def _paused_promotion(n_expected: int):
+    """The n-th promotion run, once it waits (suspended) for a decision."""
 
     def paused():
         runs = _flow_runs("promotion")
         return len(runs) >= n_expected and runs[n_expected - 1].state.is_paused() and runs[n_expected - 1]
 
-    promo = _wait(paused, 600, f"promotion run #{n_expected} to pause for approval", interval=2)
+    return _wait(paused, 600, f"promotion run #{n_expected} to wait for approval", interval=2)
+
+
+def _approve_pending_promotion(n_expected: int, reason: str) -> None:
+    """Answer the waiting promotion run's approval form through Prefect's input API (as a script would)."""
+    from prefect.flow_runs import resume_flow_run
+
+    promo = _paused_promotion(n_expected)
     resume_flow_run(promo.id, run_input={"decision": "approve", "approver": "e2e-bot", "reason": reason})
+    final = _final(promo.id, 300)
+    assert final.state.is_completed(), final.state
+
+
+def _decide_in_browser(services, promo, decision: str, approver: str, reason: str, shots) -> None:
+    """What an approver does: open the waiting run in the Prefect UI, read the review, fill and submit the form."""
+    ui = f"http://127.0.0.1:{services.prefect_port}"
+    assert promo.state.name == "Suspended", f"a waiting promotion holds no worker: {promo.state.name}"
+    with browser() as driver:
+        review = show_artifact(driver, ui, promo.id, "promotion-review", expect="test accuracy")
+        assert f"Promotion review: {MODEL}" in review and "McNemar" in review and "|---|" not in review, review
+        screenshot(driver, f"e2e-promotion-review-{decision}", shots)
+        modal = open_resume_form(driver, ui, promo.id)
+        assert f"Approve {MODEL} v" in modal.text and "(Optional)" not in modal.text, modal.text
+        fill_approval(modal, decision, approver, reason)
+        screenshot(driver, f"e2e-promotion-form-{decision}", shots)
+        submit(modal)
     final = _final(promo.id, 300)
     assert final.state.is_completed(), final.state
 
@@ -217,9 +241,12 @@ def test_closed_loop_with_approval_deploy_serve_and_rollback(stack, tmp_path):
     _run_deployment("training/training")
     v1_commit = _assert_committed(bare, "1")
     assert _git(bare, "rev-parse", "runs/latest") == v1_commit
-    _approve_pending_promotion(1, "first model")
+    shots = tmp_path / "screenshots"
+    _decide_in_browser(services, _paused_promotion(1), "approve", "alice", "first model, reviewed in the UI", shots)
     assert _champion() == "1" and _git(bare, "rev-parse", "champion") == v1_commit
-    assert deploy.read_pointer(params.deploy, MODEL)["version"] == "1"
+    assert (promote.history(MODEL)[-1]["by"], promote.history(MODEL)[-1]["reason"]) == (
+        "alice", "first model, reviewed in the UI"), "the audit record names the approver and the reason"
+    assert deploy.read_pointer(params.deploy, MODEL)["version"] == "1", "the S3 pointer flipped to v1"
 
     port = free_port()
     start("serve", ["mlops", "serve", "--source", "s3", "--port", str(port)])
@@ -251,7 +278,7 @@ def test_closed_loop_with_approval_deploy_serve_and_rollback(stack, tmp_path):
     assert _champion() == "2" and promote.aliases(MODEL)["previous"] == "1"
     assert _git(bare, "rev-parse", "champion") == v2_commit
     history = promote.history(MODEL)
-    assert [(h["action"], h["by"]) for h in history] == [("approve", "e2e-bot"), ("approve", "e2e-bot")]
+    assert [(h["action"], h["by"]) for h in history] == [("approve", "alice"), ("approve", "e2e-bot")]
     assert history[-1]["diff"], "the audit record carries the metrics diff"
     assert deploy.read_pointer(params.deploy, MODEL)["version"] == "2"
     _wait(lambda: str((_get_json(f"http://127.0.0.1:{port}/health") or {}).get("version")) == "2", 60,
@@ -305,6 +332,20 @@ def test_closed_loop_with_approval_deploy_serve_and_rollback(stack, tmp_path):
     _wait(lambda: str((_get_json(f"http://127.0.0.1:{port}/health") or {}).get("version")) == "1", 60,
           "the server to roll back to v1")
 
+    # 7b. a rejection in the browser (v3 and v4 were not blessed, so v2 is offered again as the challenger):
+    #     the alias is withdrawn, the audit names the approver and reason; champion and S3 pointer do not move
+    from pipeline.registry import store
+
+    store.client().set_registered_model_alias(MODEL, "challenger", "2")
+    promo = _start_deployment("promotion/promotion", {"model_name": MODEL})
+    waiting = _wait(lambda: (r := _flow_run(promo)).state.is_paused() and r, 300, "the promotion run to wait")
+    _decide_in_browser(services, waiting, "reject", "bob", "v2 was rolled back: not again", shots)
+    assert promote.aliases(MODEL)["challenger"] is None and _champion() == "1"
+    assert [promote.history(MODEL)[-1][k] for k in ("action", "by", "reason")] == [
+        "reject", "bob", "v2 was rolled back: not again"]
+    assert _version_lineage("2")["promotion.decision"] == "rejected"
+    assert deploy.read_pointer(params.deploy, MODEL)["version"] == "1", "a rejection publishes nothing"
+
     # 8. a cron schedule fires the monitor deployment, which completes
     before = len(_flow_runs("monitor"))
     run(["prefect", "deployment", "schedule", "create", "monitor/monitor", "--cron", "* * * * *", "-y"], work, env)
@@ -314,6 +355,13 @@ def test_closed_loop_with_approval_deploy_serve_and_rollback(stack, tmp_path):
         return any(r.auto_scheduled and r.state.is_completed() for r in runs)
 
     _wait(scheduled_completed, 240, "a scheduled monitor run to complete", interval=3)
+
+
+def _flow_run(flow_run_id):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
 
 
 def _set_concurrency(name: str, limit: int) -> None:
