@@ -1,11 +1,15 @@
 """End to end on the project's local stack (infra/local/stack.sh): Prefect server + process worker in an empty
-directory, S3 (nanio), MLflow tracking server with artifacts in S3, a bare git repository as the git remote.
+directory, S3 (nanio), MLflow tracking server with artifacts in S3, a bare git repository as the git remote — and
+a headless Chromium for the approver.
 
-Every flow run clones the git remote and ends as a pushed commit. first training → commit on runs/<run>,
-challenger → approval → champion (alias + `champion` branch) → S3 release; a training run with nothing new is a
-no-op; a clean batch (S3 inbox) → no retrain; drifted batches → retrain on the versioned accepted data →
-approval; the version is rebuilt from the registry alone (`mlops reproduce`); two training runs at once on two
-workers; `mlops rollback`; a cron schedule fires a deployment that completes.
+The project's one closed-loop test. Every flow run clones the git remote and ends as a pushed commit. first
+training → commit on runs/<run>, challenger → approved in the browser (Prefect UI: review artifact, form) →
+champion (alias + `champion` branch) → S3 release → served; a training run with nothing new is a no-op; real test
+images through HTTP → the server captures them into the S3 inbox → the monitor sees no drift; brightened images →
+drift flagged without labels, a labelling request, no retrain; labels dropped into the inbox later → joined as a
+new data version → retrain → approved in the browser → the server answers with v2; v2 rebuilt from the registry
+alone (`mlops reproduce`); two training runs at once on two workers; `mlops rollback`; a rejection in the browser;
+a cron schedule fires a deployment that completes.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ PARAMS = {
                  "mcnemar_alpha": 0.001},
     "register": {"model_name": MODEL, "experiment": "e2e"},
     "monitor": {"batch_size": 120, "consecutive_batches": 2, "cooldown_minutes": 0, "psi_threshold": 0.5,
-                "max_accuracy_drop": 0.25},
+                "max_accuracy_drop": 0.25, "min_new_labels": 100, "label_request_size": 20},
+    # the server records every answer; one .npz per 120 images (a monitor batch), never flushed early by time
+    "capture": {"enabled": True, "sample_rate": 1.0, "batch_images": 120, "flush_seconds": 600},
     "deploy": {"bucket": "models", "reload_seconds": 1},
 }
 PARAMS["monitor"]["inbox"] = INBOX = "s3://incoming/batches"
@@ -165,7 +171,8 @@ def _decide_in_browser(services, promo, decision: str, approver: str, reason: st
         assert f"Approve {MODEL} v" in modal.text and "(Optional)" not in modal.text, modal.text
         fill_approval(modal, decision, approver, reason)
         screenshot(driver, f"e2e-promotion-form-{decision}", shots)
-        submit(modal)
+        submit(modal)  # the browser stays open until the server has the answer (the request is asynchronous)
+        _wait(lambda: _flow_run(promo.id).state.name != "Suspended", 60, "the answer to resume the run")
     final = _final(promo.id, 300)
     assert final.state.is_completed(), final.state
 
@@ -218,13 +225,50 @@ def _user_clone(bare, dest, env) -> None:
     run(["dvc", "pull", "ingest"], dest, env)
 
 
-def _inbox(services) -> list[str]:
-    bucket, prefix = INBOX.removeprefix("s3://").split("/", 1)
-    return [k for k in services.keys(bucket, prefix + "/") if "/rejected/" not in k]
-
-
 def _latest_state(bare) -> dict:
     return json.loads(_git(bare, "show", "runs/latest:data/monitor/state.json"))
+
+
+def _stream(user) -> tuple:
+    """The held-out stream split of the user's clone: real test images and their true labels."""
+    from pipeline.core import io
+
+    return io.read_split(user / "data/ingested", "stream")
+
+
+def _brightened(x):
+    """The images 80 % brighter (the shift `mlops simulate --kind brightness --severity 0.8` makes)."""
+    import numpy as np
+
+    from pipeline.monitoring.simulate import apply_drift
+
+    return apply_drift(x, np.zeros(len(x), dtype=np.int64), "brightness", 0.8, np.random.default_rng(0), 10)[0]
+
+
+def _send(port: int, x, y, version: str | None = None) -> dict[str, int]:
+    """POST the images to /predict as .npy, 8 per request; {captured image id: true label} (`<request id>-<i>`)."""
+    import io as bytes_io
+
+    import numpy as np
+
+    truth = {}
+    for at in range(0, len(x), 8):
+        body = bytes_io.BytesIO()
+        np.save(body, np.asarray(x[at:at + 8]))
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body.getvalue(),
+                                         headers={"Content-Type": "application/x-npy"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            answer = json.loads(resp.read())
+        assert version is None or str(answer["version"]) == version, answer
+        ids = [answer["request_id"]] if len(x[at:at + 8]) == 1 else [
+            f"{answer['request_id']}-{i}" for i in range(len(x[at:at + 8]))]
+        truth.update(zip(ids, (int(label) for label in y[at:at + 8]), strict=True))
+    return truth
+
+
+def _captured(services) -> list[str]:
+    bucket, prefix = INBOX.removeprefix("s3://").split("/", 1)
+    return [k for k in services.keys(bucket, prefix + "/captured/") if k.endswith(".npz") and "/rejected/" not in k]
 
 
 def test_closed_loop_with_approval_deploy_serve_and_rollback(stack, tmp_path):
@@ -257,38 +301,50 @@ def test_closed_loop_with_approval_deploy_serve_and_rollback(stack, tmp_path):
     _run_deployment("training/training")
     assert _versions() == ["1"] and set(_runs(bare)) == {_version_lineage("1")["git_ref"], "runs/latest"}
 
-    # 3. a clean batch through the S3 inbox: accepted, versioned on runs/latest, no retraining
+    # 3. real traffic: clean test images through HTTP → the server captures them into the S3 inbox (captured/) →
+    #    the monitor watches them without labels: no drift, nothing enters training, no retrain
     user = tmp_path / "user"
     _user_clone(bare, user, env)
-    run(["mlops", "simulate", "--kind", "none", "--batches", "1"], user, env)
-    assert len([k for k in _inbox(services) if k.endswith(".npz")]) == 1
+    stream_x, stream_y = _stream(user)
+    sent = _send(port, stream_x[:120], stream_y[:120])
+    _wait(lambda: len(_captured(services)) == 1, 60, "the server's capture of the clean traffic")
     _run_deployment("monitor/monitor", timeout=300)
     state = _latest_state(bare)
-    assert state["consecutive_bad"] == 0 and len(state["accepted"]) == 1
-    assert _inbox(services) == [] and len(_flow_runs("training")) == 2
+    assert not state["open_drift"] and state["new_labels"] == 0 and state["accepted"] == [], state
+    assert _captured(services) == [] and len(_flow_runs("training")) == 2
 
-    # 4. two drifted batches: retraining starts from the commit holding the accepted data → v2 → approved
-    run(["mlops", "simulate", "--kind", "brightness", "--severity", "0.8", "--batches", "2"], user, env)
+    # 4. drifted traffic (brightness) → drift flagged without labels, a labelling request, still no retrain
+    drifted = _brightened(stream_x[120:360])
+    sent = {**_send(port, drifted[:120], stream_y[120:240]), **_send(port, drifted[120:], stream_y[240:360])}
+    _wait(lambda: len(_captured(services)) == 2, 60, "the server's capture of the drifted traffic")
+    _run_deployment("monitor/monitor", timeout=300)
+    state = _latest_state(bare)
+    assert state["open_drift"] and state["label_requests"] and state["new_labels"] == 0, state
+    asked = state["label_requests"][-1]
+    assert "input.mean" in asked["signals"], asked
+    request = json.loads(_git(bare, "show", f"runs/latest:data/monitor/label-requests/{asked['id']}.json"))
+    assert {image["request_id"] for image in request["images"]} <= set(sent), request
+    assert len(_flow_runs("training")) == 2, "drift without labels retrains nothing"
+
+    #    labels come later (a file dropped into the inbox's labels/) → joined → a retrain on the new data version
+    services.s3().put_object(Bucket="incoming", Key="batches/labels/from-people.json",
+                             Body=json.dumps(sent).encode())
     _run_deployment("monitor/monitor", timeout=300)
     trainings = _wait(lambda: len(_flow_runs("training")) >= 3 and _flow_runs("training"), 60, "a triggered retrain")
     assert _final(trainings[2].id, 900).state.is_completed()
     v2_commit = _assert_committed(bare, "2")
-    assert len(_latest_state(bare)["accepted"]) == 3
-    _approve_pending_promotion(2, "retrained on drifted data")
+    _decide_in_browser(services, _paused_promotion(2), "approve", "alice", "retrained on labelled drifted traffic",
+                       shots)
     assert _champion() == "2" and promote.aliases(MODEL)["previous"] == "1"
     assert _git(bare, "rev-parse", "champion") == v2_commit
     history = promote.history(MODEL)
-    assert [(h["action"], h["by"]) for h in history] == [("approve", "alice"), ("approve", "e2e-bot")]
+    assert [(h["action"], h["by"]) for h in history] == [("approve", "alice"), ("approve", "alice")]
     assert history[-1]["diff"], "the audit record carries the metrics diff"
     assert deploy.read_pointer(params.deploy, MODEL)["version"] == "2"
     _wait(lambda: str((_get_json(f"http://127.0.0.1:{port}/health") or {}).get("version")) == "2", 60,
           "the server to pick up v2")
-    image = [[[0.0] for _ in range(28)] for _ in range(28)]
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=json.dumps({"instances": [image]}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        answer = json.loads(resp.read())
-    assert str(answer["version"]) == "2" and len(answer["predictions"]) == 1
+    answered = _send(port, stream_x[360:361], stream_y[360:361], version="2")
+    assert len(answered) == 1, "the server answers with the new version"
 
     # 5. v2 rebuilt from the registry alone: clone its commit, dvc pull, dvc repro up to date, same .tflite
     started = time.monotonic()
@@ -297,7 +353,7 @@ def test_closed_loop_with_approval_deploy_serve_and_rollback(stack, tmp_path):
     print(f"\n[e2e] mlops reproduce v2: {time.monotonic() - started:.1f} s, {report}")
     assert report["ok"] and report["up_to_date"] and report["sha256_match"] and report["commit"] == v2_commit
     manifest = json.loads((tmp_path / "reproduce-v2/data/ingested/manifest.json").read_text())
-    assert manifest["monitoring"]["accepted"] == 3 * 120, manifest["monitoring"]
+    assert manifest["monitoring"]["accepted"] == 240, "the labelled drifted captures, never the unlabelled clean ones"
 
     # 6. two training runs at once on two workers (concurrency limit raised to 2): two commits, both intact.
     #    Two more workers, one run each (--limit 1); the stack's worker is suspended meanwhile so they get both.
