@@ -64,7 +64,9 @@ def _uint8(x: np.ndarray) -> np.ndarray:
 
 
 def encode_batch(records: Sequence[Record]) -> bytes:
-    """The agreed .npz (uncompressed: zlib cost CPU on the serving cores and saved ~nothing on real images) of `records`, which share one input shape and class count."""
+    """The agreed .npz of `records`, which share one input shape and class count. Uncompressed: zlib cost CPU on the
+    serving cores and saved little on real images (bench/serving_capture.py).
+    """
     buffer = _bytes_io.BytesIO()
     np.savez(
         buffer,
