@@ -31,6 +31,16 @@ app.command("reproduce")(versioning_cli.reproduce_command)
 app.command("label")(monitoring_cli.label_command)
 
 
+def _upload_to_inbox(cfg, uri: str, path: Path) -> str:
+    """`mlops label --post` into an S3 inbox (pipeline.delivery.inbox; injected: monitoring does not import it)."""
+    from pipeline.delivery import inbox
+
+    return inbox.upload(cfg.deploy, uri, [path])[-1]
+
+
+monitoring_cli.use_uploader(_upload_to_inbox)
+
+
 @app.command()
 def simulate(
     kind: Annotated[str, typer.Option(help="Drift: brightness|contrast|noise|blur|label-shift|none.")] = "none",

@@ -18,6 +18,7 @@ import csv
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from pipeline.monitoring.state import MonitorState
 
 LABELS = "labels"
 APPLIED = "applied"
+Uploader = Callable[[Params, str, Path], str]  # (params, s3://bucket/prefix/, local file) -> the URL written
 
 
 def read_label_file(path: Path) -> list[tuple[str, str]]:
@@ -172,3 +174,34 @@ def apply_label_drops(params: Params, class_names: list[str], state: MonitorStat
         shutil.move(str(path), str(dest))
         results.append(result)
     return results
+
+
+def post_labels(
+    params: Params, pairs: list[tuple[str, str]], class_names: list[str] | None, upload: Uploader | None
+) -> str:
+    """Send labels to the monitor instead of applying them here, as one `labels-<UTC>-<id>.json` ({request_id: class
+    index}): into `<monitor.inbox>/labels/` through `upload` (S3; what a deployment's monitor reads), else into
+    `<paths.incoming>/labels/`. The next monitor run joins them. Labels are checked against `class_names` when
+    known; request ids only the monitor can check (it refuses a file naming unknown ones, nothing applied).
+    """
+    import tempfile
+    import uuid
+
+    if not pairs:
+        raise StageError("no labels to post")
+    if class_names:
+        labels = parse_labels(pairs, class_names)
+    elif all(value.isdigit() for _, value in pairs):
+        labels = {request_id: int(value) for request_id, value in pairs}
+    else:
+        raise StageError("without the class names (paths.ingested/manifest.json) labels must be class indices")
+    name = f"labels-{utc_now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}.json"
+    if params.monitor.inbox is None:
+        io.write_json(labels_dir(params) / name, labels)
+        return str(labels_dir(params) / name)
+    if upload is None:
+        raise StageError("monitor.inbox is an S3 URI but this command has no S3 uploader")
+    with tempfile.TemporaryDirectory(prefix="labels-") as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(labels))
+        return upload(params, f"{params.monitor.inbox.rstrip('/')}/{LABELS}/", path)

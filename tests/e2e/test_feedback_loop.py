@@ -326,9 +326,11 @@ def test_closed_loop_with_approval_deploy_serve_and_rollback(stack, tmp_path):
     assert {image["request_id"] for image in request["images"]} <= set(sent), request
     assert len(_flow_runs("training")) == 2, "drift without labels retrains nothing"
 
-    #    labels come later (a file dropped into the inbox's labels/) → joined → a retrain on the new data version
-    services.s3().put_object(Bucket="incoming", Key="batches/labels/from-people.json",
-                             Body=json.dumps(sent).encode())
+    #    labels come later: `mlops label --post` puts them into the inbox → joined → a retrain on the new data version
+    answers = tmp_path / "labels.csv"
+    answers.write_text("request_id,label\n" + "".join(f"{rid},{label}\n" for rid, label in sent.items()))
+    posted = run(["mlops", "label", "--file", str(answers), "--post"], user, env)
+    assert "s3://incoming/batches/labels/labels-" in posted.stdout, posted.stdout
     _run_deployment("monitor/monitor", timeout=300)
     trainings = _wait(lambda: len(_flow_runs("training")) >= 3 and _flow_runs("training"), 60, "a triggered retrain")
     assert _final(trainings[2].id, 900).state.is_completed()
