@@ -315,7 +315,9 @@ def test_closed_loop_with_approval_deploy_serve_and_rollback(stack, tmp_path):
 
     # 4. drifted traffic (brightness) → drift flagged without labels, a labelling request, still no retrain
     drifted = _brightened(stream_x[120:360])
-    sent = {**_send(port, drifted[:120], stream_y[120:240]), **_send(port, drifted[120:], stream_y[240:360])}
+    sent = _send(port, drifted[:120], stream_y[120:240])  # one captured file per 120 images: wait for each
+    _wait(lambda: len(_captured(services)) == 1, 60, "the server's capture of the first drifted images")
+    sent.update(_send(port, drifted[120:], stream_y[240:360]))
     _wait(lambda: len(_captured(services)) == 2, 60, "the server's capture of the drifted traffic")
     _run_deployment("monitor/monitor", timeout=300)
     state = _latest_state(bare)
