@@ -112,13 +112,12 @@ def _wait_for(form: type[Approval], timeout_s: int, key: str) -> Approval:
 
 
 def _refusal(model_name: str, answer: Approval) -> str | None:
-    """Why an answer cannot be applied (shown in the next form), or None. The form already required every field;
-    with MLflow auth on, the name must be an MLflow user allowed to manage the model (a refusal is audited).
+    """Why an answer cannot be applied (shown in the next form), or None. The form (and `Approval`'s own
+    validation) already refused empty or blank fields; with MLflow auth on, the name must be an MLflow user allowed
+    to manage the model (a refusal is audited).
     """
     from pipeline.registry import approvers
 
-    if not answer.approver.strip() or not answer.reason.strip():
-        return "the approver's name and a reason are required"
     try:
         approvers.check_approver(model_name, answer.approver)
     except approvers.ApproverRefused as exc:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.helpers_s3 import ROOT, free_port
-from tests.reliability.common import cli, kill_group, start, subprocess_env, wait_for
+from tests.reliability.common import answers_ok, cli, kill_group, start, subprocess_env, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,16 +55,8 @@ class AuthServer:
         self.proc = start(cmd, root, env, self.log)
 
     def wait(self) -> None:
-        import urllib.request
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, 90, "the basic-auth MLflow server's /health", interval=0.2, proc=self.proc, log=self.log)
+        wait_for(lambda: answers_ok(self.url + "/health"), 90, "the basic-auth MLflow server's /health", interval=0.2,
+                 proc=self.proc, log=self.log)
 
 
 def _as(monkeypatch, user: str, password: str) -> None:

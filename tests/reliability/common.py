@@ -177,6 +177,17 @@ def make_register_workspace(work: Path, template: Path, model_name: str, *, tfli
 # --------------------------------------------------------------------------------------------- a real MLflow server
 
 
+def answers_ok(url: str) -> bool:
+    """True when `url` answers 200 within 2 s (a server's health check)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 class MlflowServer:
     """`mlflow server` (sqlite backend, artifacts served by the server from a local folder) in its own process group.
 
@@ -200,7 +211,6 @@ class MlflowServer:
     def start(self, timeout: float = 120) -> float:
         """Start the server (unless it runs) and wait until /health answers; the seconds it took."""
         import sys
-        import urllib.request
 
         if self.proc is not None and self.proc.poll() is None:
             return 0.0  # still running: a second server could not bind the port, and this one would be orphaned
@@ -213,14 +223,8 @@ class MlflowServer:
         log = self.root / f"server-{self.starts}.log"
         self.proc = start(cmd, self.root, subprocess_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}), log)
 
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, timeout, "the MLflow server's /health", interval=0.1, proc=self.proc, log=log)
+        wait_for(lambda: answers_ok(self.url + "/health"), timeout, "the MLflow server's /health", interval=0.1,
+                 proc=self.proc, log=log)
         return time.monotonic() - t0
 
     def kill(self) -> None:
